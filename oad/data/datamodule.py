@@ -1,0 +1,144 @@
+"""LightningDataModule over any ``Source``: training windows, whole videos for validation and test."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from oad.data.base import Video, stream_dims
+from oad.data.sources import Source
+from oad.data.windows import VideoDataset, WindowDataset, collate_videos
+
+log = logging.getLogger(__name__)
+
+
+class OadDataModule(L.LightningDataModule):
+    """Windows for training, whole videos for validation/test (scored online, every chunk).
+
+    Args:
+        source: where the videos come from (``SyntheticSource``, a reader of a public layout, ...).
+        window: window length ``L`` (the model's).
+        num_queries: future steps ``Q`` (the model's).
+        future_offset: future step ``j`` targets chunk ``t + future_offset + j`` (set from the model).
+        dense: dense (TRN) supervision (set from the model).
+        batch_size: training windows per batch.
+        num_workers: loader workers.
+        train_split, val_split, test_split: split names given to ``source.load``. THUMOS has no
+            validation split; like the reference code, ``val_split: test`` monitors the test videos.
+        seed: seed of the dense-mode window offsets.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        window: int = 64,
+        num_queries: int = 8,
+        future_offset: int = 1,
+        dense: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        train_split: str = "train",
+        val_split: str | None = "test",
+        test_split: str = "test",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.source = source
+        self.window, self.num_queries, self.future_offset, self.dense = window, num_queries, future_offset, dense
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.seed = seed
+        self._videos: dict[str, list[Video]] = {}
+        self.train_set: WindowDataset | None = None
+
+    # -- facts -----------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.source.class_names)
+
+    @property
+    def ignore_index(self) -> int | None:
+        return self.source.ignore_index
+
+    @property
+    def metric(self) -> str:
+        return self.source.metric
+
+    def videos(self, stage: str) -> list[Video]:
+        """Videos of ``'train'``, ``'val'`` or ``'test'``, loaded once and checked."""
+        split = self.splits[stage]
+        if split is None:
+            return []
+        if split not in self._videos:
+            vids = self.source.load(split)
+            if not vids:
+                raise ValueError(f"split {split!r} has no videos")
+            for v in vids:
+                if v.targets.shape[1] != self.num_classes:
+                    raise ValueError(
+                        f"video {v.name!r}: targets have {v.targets.shape[1]} classes, "
+                        f"the dataset has {self.num_classes} class names"
+                    )
+            self._videos[split] = vids
+        return self._videos[split]
+
+    @property
+    def stream_dims(self) -> tuple[int, ...]:
+        return stream_dims(self.videos("train") or self.videos("test"))
+
+    @property
+    def in_dim(self) -> int:
+        return int(sum(self.stream_dims))
+
+    # -- Lightning -------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            train = self.videos("train")
+            self.train_set = WindowDataset(
+                train,
+                self.window,
+                self.num_queries,
+                future_offset=self.future_offset,
+                dense=self.dense,
+                ignore_index=self.ignore_index,
+                drop_ignored=True,
+                seed=self.seed,
+            )
+            log.info(
+                "train: %d videos, %d chunks, %d windows", len(train),
+                int(np.sum([v.num_chunks for v in train])), len(self.train_set),
+            )
+            self.videos("val")
+        if stage in (None, "test", "validate", "predict"):
+            self.videos("test")
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        if self.dense and self.trainer is not None:
+            self.train_set.set_epoch(self.trainer.current_epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            drop_last=False,
+            persistent_workers=False,
+        )
+
+    def _video_loader(self, stage: str) -> DataLoader:
+        return DataLoader(VideoDataset(self.videos(stage)), batch_size=8, shuffle=False,
+                          num_workers=0, collate_fn=collate_videos)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._video_loader("val") if self.splits["val"] else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._video_loader("test")

@@ -1,0 +1,1 @@
+from oad.models.trn import TRN

@@ -1,0 +1,59 @@
+"""Shared fixtures: the reference material in ../shared (skipped when absent), Hydra composition of
+the real configs with CPU-only, tiny settings and outputs under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OAD_SHARED", REPO.parent / "shared"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_file(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference material {p} is not available")
+    return p
+
+
+@pytest.fixture
+def thumos_val_labels() -> dict:
+    import numpy as np
+
+    with np.load(shared_file("data", "thumos14_val_labels.npz")) as z:
+        return {k: z[k] for k in z.files}
+
+
+def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
+    """Compose a real config as the tools do, with outputs in ``output_dir`` and Hydra's runtime set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.output_dir = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
+# Tiny settings shared by the training tests: a few short synthetic videos, one CPU process.
+TINY = [
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.source.num_videos={train: 6, val: 2, test: 3}",
+    "data.source.length_scale=0.15",
+]
