@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up the project's virtual environment at .venv (created if missing; the install step runs again
+# only when pyproject.toml changed) and run one of:
+#   bash run.sh demo [hydra overrides]   train OadTR on the built-in data, evaluate, print test/mAP
+#   bash run.sh test [pytest args]       the test suite (all of it, slow tests included)
+#   bash run.sh <tool> [args]            any tools/<tool>.py, e.g. `bash run.sh eval predictions=p.pkl`
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+if [ ! -x .venv/bin/python ]; then
+  py=""
+  for cand in python3.11 python3 python; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+      py=$cand; break
+    fi
+  done
+  [ -n "$py" ] || { echo "run.sh: needs Python >= 3.10 (3.11 recommended) on PATH" >&2; exit 1; }
+  echo "run.sh: creating .venv with $($py --version)" >&2
+  "$py" -m venv .venv
+fi
+
+stamp=.venv/.oad-install-stamp
+want=$(cat pyproject.toml | .venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import oad' 2>/dev/null; then
+  echo "run.sh: installing the project into .venv (first run: a few minutes)" >&2
+  .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+
+cmd=${1:-demo}
+shift || true
+case "$cmd" in
+  demo) exec .venv/bin/python tools/train.py "$@" ;;
+  test) exec .venv/bin/python -m pytest -q "$@" ;;
+  *)
+    [ -f "tools/$cmd.py" ] || { echo "run.sh: unknown command '$cmd' (demo, test, or a tools/*.py name)" >&2; exit 2; }
+    exec .venv/bin/python "tools/$cmd.py" "$@" ;;
+esac
