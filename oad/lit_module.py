@@ -29,27 +29,32 @@ class OadLitModule(L.LightningModule):
 
     Args:
         net: the network (``OadTR``, ``TRN``).
-        criterion: loss module returning named terms with a ``loss`` key (``OadCriterion``).
-        optimizer: partial taking the parameters, e.g. ``functools.partial(torch.optim.Adam, lr=1e-4)``.
+        criterion: loss module returning named terms with a ``loss`` key (``OadCriterion``); None for
+            evaluation only.
+        optimizer: partial taking the parameters, e.g. ``functools.partial(torch.optim.Adam, lr=1e-4)``;
+            None for evaluation only.
         scheduler: optional partial taking the optimizer.
         scheduler_interval: ``'epoch'`` or ``'step'``.
         net_config: constructor config of ``net`` (with ``_target_``), stored in checkpoints.
         data_info: dataset facts (``class_names``, ``ignore_index``, ``metric``, ``fps``, ``stream_dims``).
         eval_batch_size: windows per forward when scoring whole videos.
         eval_protocols: protocols reported at test time (``'all'`` first: it is the headline).
+        postprocess: optional post-processing of the test scores (``'switch'``, ``'smooth'``), off by
+            default and named in every report.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        criterion: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        criterion: nn.Module | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
         net_config: dict | None = None,
         data_info: dict | None = None,
         eval_batch_size: int = 256,
         eval_protocols: tuple[str, ...] = ("all", "windows"),
+        postprocess: tuple[str, ...] = (),
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "criterion", "optimizer", "scheduler"])
@@ -140,6 +145,7 @@ class OadLitModule(L.LightningModule):
             future_scores={k: v["future_scores"] for k, v in outputs.items()},
             future_offset=getattr(self.net, "future_offset", 1),
             class_names=self.class_names,
+            postprocess=tuple(self.hparams.postprocess),
         )
 
     def _metric_key(self) -> str:
@@ -167,6 +173,8 @@ class OadLitModule(L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------------
     def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("OadLitModule was built without an optimizer (evaluation only)")
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
