@@ -1,0 +1,42 @@
+"""A single-chunk linear classifier: the floor every temporal model has to beat.
+
+Scores chunk ``t`` from the features of chunk ``t`` alone (window 1, no history). Its "future" logits
+come from a second linear map of the same chunk, so it plugs into the same data, loss and evaluation as
+OadTR (``forward(x) -> (logits, future_logits)``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ChunkLinear(nn.Module):
+    """Linear classifier on the newest chunk of the window.
+
+    Args:
+        in_dim: feature size per chunk.
+        num_classes: number of classes.
+        window: kept for the data pipeline's contract; only the newest chunk is used (use 1).
+        num_queries: number of future chunks scored (from the same chunk).
+    """
+
+    dense_supervision = False
+    future_offset = 1
+
+    def __init__(self, *, in_dim: int, num_classes: int = 22, window: int = 1, num_queries: int = 8):
+        super().__init__()
+        self.in_dim, self.num_classes, self.window, self.num_queries = in_dim, num_classes, window, num_queries
+        self.classifier = nn.Linear(in_dim, num_classes)
+        self.future = nn.Linear(in_dim, num_queries * num_classes)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward_embedded(self, e: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        last = e[:, -1]  # (B, L, D) -> (B, D): the newest chunk only
+        future = self.future(last).view(-1, self.num_queries, self.num_classes)  # (B, Q*C) -> (B, Q, C)
+        return self.classifier(last), future
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x (B, L, in_dim)`` -> ``logits (B, C)``, ``future_logits (B, Q, C)``."""
+        return self.forward_embedded(x, mask)
