@@ -29,6 +29,9 @@ class OadDataModule(L.LightningDataModule):
         train_split, val_split, test_split: split names given to ``source.load``. THUMOS has no
             validation split; like the reference code, ``val_split: test`` monitors the test videos.
         seed: seed of the dense-mode window offsets.
+        root, layout: accepted and ignored. The data configs of the public datasets
+            (``configs/data/thumos14.yaml``, ...) keep the two values users type, ``data.root=<dir>`` and
+            ``data.layout=<oadtr|lstr|trn>``, at this level and hand them to the source by interpolation.
     """
 
     def __init__(
@@ -44,6 +47,8 @@ class OadDataModule(L.LightningDataModule):
         val_split: str | None = "test",
         test_split: str = "test",
         seed: int = 0,
+        root: str | None = None,
+        layout: str | None = None,
     ):
         super().__init__()
         self.source = source
