@@ -67,3 +67,71 @@ def save_network(path: str | os.PathLike, net: nn.Module, net_config: dict, data
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def _reference_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a reference checkpoint: OadTR saves ``{'model': sd, ...}``, TRN.pytorch
+    ``{'model_state_dict': sd, ...}``; a bare state dict is accepted too."""
+    if isinstance(obj, dict):
+        for key in ("model", "model_state_dict", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise ValueError(f"reference checkpoint {path}: no state dict found (looked for 'model', "
+                     "'model_state_dict', 'state_dict' or a dict of tensors)")
+
+
+def convert_reference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dataset: str | None = None,
+                                 **overrides) -> dict[str, Any]:
+    """Turn a reference OadTR (``VisionTransformer_v3``) or TRN (``GeneralizedTRN``) checkpoint into
+    one that this project's tools load (``load_network``, ``tools/eval.py ckpt_path=...``).
+
+    The architecture is recognised from the parameter names and its sizes read from the tensors; head
+    counts, window (TRN) and query count (TRN) come from ``overrides`` or the paper defaults. The dataset
+    facts (class names, ignore index, metric) are those of ``dataset`` (``thumos14``, ``tvseries``,
+    ``hdd``), by default guessed from the class count (22 THUMOS'14, 31 TVSeries, 12 HDD).
+
+    Returns:
+        ``{'model': class name, 'net_config': ..., 'data_info': ..., 'num_parameters': ...}``.
+    """
+    from oad.data.readers import packaged_info
+    from oad.models.oadtr import OadTR
+    from oad.models.trn import TRN
+
+    src = Path(src)
+    sd = _reference_state_dict(load_checkpoint_file(src), src)
+    names = {k.removeprefix("module.") for k in sd}
+    if "linear_encoding.weight" in names:
+        cls = OadTR
+    elif "enc_cell.weight_ih" in names:
+        cls = TRN
+    else:
+        raise ValueError(f"reference checkpoint {src}: neither an OadTR nor a TRN state dict "
+                         f"(first keys: {sorted(names)[:5]})")
+    try:
+        net = cls.from_reference(sd, **overrides)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ValueError(f"reference checkpoint {src}: cannot be loaded as {cls.__name__}: {e}") from e
+    config = {"_target_": f"{cls.__module__}.{cls.__qualname__}", **cls.reference_config(sd, **overrides)}
+    guess = {22: "thumos14", 31: "tvseries", 12: "hdd"}.get(net.num_classes)
+    info = packaged_info(dataset or guess) or {}
+    data_info = {
+        "class_names": info.get("class_names", [str(i) for i in range(net.num_classes)]),
+        "ignore_index": info.get("ignore_index"),
+        "metric": info.get("metric", "AP"),
+        "fps": info.get("fps", 4.0),
+        "source": f"converted from reference checkpoint {src.name}",
+    }
+    if len(data_info["class_names"]) != net.num_classes:
+        raise ValueError(f"reference checkpoint {src}: {net.num_classes} classes, dataset {dataset!r} has "
+                         f"{len(data_info['class_names'])}")
+    save_network(dst, net, config, data_info)
+    # the written file must load back to the same outputs
+    net2, _ = load_network(dst)
+    for (k, a), (_, b) in zip(net.state_dict().items(), net2.state_dict().items()):
+        if not torch.equal(a, b):
+            raise RuntimeError(f"conversion check failed: {k} differs after reloading {dst}")
+    return {"model": cls.__name__, "net_config": config, "data_info": data_info,
+            "num_parameters": sum(p.numel() for p in net.parameters())}
+

@@ -296,17 +296,8 @@ class OadTR(nn.Module):
         return out
 
     @classmethod
-    def from_reference(cls, state_dict: dict[str, Tensor], **overrides) -> "OadTR":
-        """Build an OadTR from a reference checkpoint's state dict and load its weights.
-
-        Sizes (``in_dim``, ``d_model``, ``window``, ``num_queries``, layer counts, FFN sizes,
-        ``num_classes``) are read from the tensors; head counts and dropouts cannot be, so they come from
-        the defaults (8 encoder heads, 4 decoder heads) or ``overrides``.
-
-        Args:
-            state_dict: ``torch.load(path)['model']`` of the reference code (``module.`` prefix allowed).
-            **overrides: constructor arguments that win over the inferred ones.
-        """
+    def reference_config(cls, state_dict: dict[str, Tensor], **overrides) -> dict:
+        """Constructor arguments of a reference state dict: sizes from the tensors, then ``overrides``."""
         sd = cls.reference_to_state_dict(state_dict)
         d_model = sd["linear_encoding.weight"].shape[0]
         enc_layers = {k.split(".")[1] for k in sd if k.startswith("encoder.")}
@@ -324,7 +315,22 @@ class OadTR(nn.Module):
             decoder_ffn_dim=sd["decoder.0.conv1.weight"].shape[0] if dec_layers else 1024,
         )
         kwargs.update(overrides)
-        model = cls(**kwargs)
+        return kwargs
+
+    @classmethod
+    def from_reference(cls, state_dict: dict[str, Tensor], **overrides) -> "OadTR":
+        """Build an OadTR from a reference checkpoint's state dict and load its weights.
+
+        Sizes (``in_dim``, ``d_model``, ``window``, ``num_queries``, layer counts, FFN sizes,
+        ``num_classes``) are read from the tensors; head counts and dropouts cannot be, so they come from
+        the defaults (8 encoder heads, 4 decoder heads) or ``overrides``.
+
+        Args:
+            state_dict: ``torch.load(path)['model']`` of the reference code (``module.`` prefix allowed).
+            **overrides: constructor arguments that win over the inferred ones.
+        """
+        sd = cls.reference_to_state_dict(state_dict)
+        model = cls(**cls.reference_config(state_dict, **overrides))
         model.load_state_dict(sd, strict=True)
         return model
 

@@ -196,6 +196,30 @@ class TRN(nn.Module):
         enc_logits, dec_logits = self.forward_dense(x, mask)
         return enc_logits[:, -1], dec_logits[:, -1]
 
+    @staticmethod
+    def reference_to_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Reference parameter names -> this module's (drops ``module.`` and ``feature_extractor.``)."""
+        renamed = {}
+        for name, tensor in state_dict.items():
+            if name.startswith("module."):
+                name = name[len("module."):]
+            if name.startswith("feature_extractor."):
+                name = name[len("feature_extractor."):]
+            renamed[name] = tensor
+        return renamed
+
+    @classmethod
+    def reference_config(cls, state_dict: Mapping[str, Tensor], **overrides) -> dict:
+        """Constructor arguments of a reference state dict: sizes from the tensors, then ``overrides``."""
+        sd = cls.reference_to_state_dict(state_dict)
+        kwargs = {
+            "in_dim": sd["input_linear.0.weight"].shape[1],
+            "hidden_dim": sd["enc_cell.weight_hh"].shape[1],
+            "num_classes": sd["classifier.weight"].shape[0],
+        }
+        kwargs.update(overrides)
+        return kwargs
+
     @classmethod
     def from_reference(cls, state_dict: Mapping[str, Tensor], **overrides) -> TRN:
         """Builds a TRN from a TRN.pytorch ``GeneralizedTRN`` state dict.
@@ -211,19 +235,8 @@ class TRN(nn.Module):
         Returns:
             The model with the reference weights loaded (strict).
         """
-        renamed = {}
-        for name, tensor in state_dict.items():
-            if name.startswith("module."):
-                name = name[len("module."):]
-            if name.startswith("feature_extractor."):
-                name = name[len("feature_extractor."):]
-            renamed[name] = tensor
-        kwargs = {
-            "in_dim": renamed["input_linear.0.weight"].shape[1],
-            "hidden_dim": renamed["enc_cell.weight_hh"].shape[1],
-            "num_classes": renamed["classifier.weight"].shape[0],
-        }
-        kwargs.update(overrides)
+        renamed = cls.reference_to_state_dict(state_dict)
+        kwargs = cls.reference_config(state_dict, **overrides)
         model = cls(**kwargs)
         model.load_state_dict(renamed, strict=True)
         return model
