@@ -131,15 +131,15 @@ class OadLitModule(L.LightningModule):
                     outputs[name] = value
         return outputs
 
-    def _evaluate(self, outputs: dict[str, dict[str, np.ndarray]], protocol: str = "all") -> dict[str, Any]:
-        from oad.metrics import evaluate_predictions
+    def _evaluate(self, outputs: dict[str, dict[str, np.ndarray]], protocols: tuple[str, ...] = ("all",)) -> dict:
+        from oad.metrics import evaluate_protocols
 
-        return evaluate_predictions(
+        return evaluate_protocols(
             {k: v["scores"] for k, v in outputs.items()},
             {k: v["targets"] for k, v in outputs.items()},
+            protocols,
             metric=self.metric,
             ignore_index=self.ignore_index,
-            protocol=protocol,
             window=getattr(self.net, "window", 64),
             num_queries=getattr(self.net, "num_queries", 8),
             future_scores={k: v["future_scores"] for k, v in outputs.items()},
@@ -158,15 +158,13 @@ class OadLitModule(L.LightningModule):
         if not outputs:
             return
         key = self._metric_key()
-        res = self._evaluate(outputs)
+        res = self._evaluate(outputs)["all"]
         self.log(f"val/{key}", float(res[key]), sync_dist=False, prog_bar=True, rank_zero_only=True)
 
     def on_test_epoch_end(self) -> None:
         outputs = self.gather_outputs()
         key = self._metric_key()
-        results = {}
-        for protocol in self.hparams.eval_protocols:
-            results[protocol] = self._evaluate(outputs, protocol)
+        results = self._evaluate(outputs, tuple(self.hparams.eval_protocols))
         self.test_results = results
         self.test_predictions = outputs
         self.log(f"test/{key}", float(results[self.hparams.eval_protocols[0]][key]), rank_zero_only=True)

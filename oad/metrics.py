@@ -50,6 +50,7 @@ __all__ = [
     "average_precision",
     "calibrated_average_precision",
     "evaluate_predictions",
+    "evaluate_protocols",
     "per_stage_ap",
     "perframe_map",
     "perframe_mcap",
@@ -843,3 +844,27 @@ def evaluate_predictions(
     report["num_chunks_scored"] = num_scored
     report["num_videos"] = len(sessions)
     return report
+
+
+def evaluate_protocols(
+    pred_scores: Mapping[str, np.ndarray],
+    gt_targets: Mapping[str, np.ndarray],
+    protocols: Sequence[str] = ("all", "windows"),
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_predictions` under several protocols; the first is the headline.
+
+    A secondary protocol that cannot be computed (e.g. ``"windows"`` when every video is shorter than
+    the window) is reported as ``{'protocol': name, 'error': reason}`` instead of failing the whole
+    evaluation; the headline protocol's errors are raised.
+    """
+    reports: dict[str, dict[str, Any]] = {}
+    for i, protocol in enumerate(protocols):
+        try:
+            reports[protocol] = evaluate_predictions(pred_scores, gt_targets, protocol=protocol, **kwargs)
+        except ValueError as e:
+            if i == 0 or "leaves no chunk" not in str(e):
+                raise
+            logger.warning("protocol %r not reported: %s", protocol, e)
+            reports[protocol] = {"protocol": protocol, "error": str(e)}
+    return reports

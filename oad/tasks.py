@@ -208,7 +208,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Writes ``metrics.json`` (or ``cfg.output``), in checkpoint mode also ``predictions.pkl``, and with
     ``plot=true`` timeline PNGs and a per-class AP chart. Returns ``{'metrics', 'output_dir'}``.
     """
-    from oad.metrics import evaluate_predictions
+    from oad.metrics import evaluate_protocols
 
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -266,14 +266,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("nothing to evaluate: give ckpt_path=<checkpoint> or predictions=<pickle>")
 
     key = "mcAP" if metric == "cAP" else "mAP"
-    reports = {
-        protocol: evaluate_predictions(
-            scores, targets, metric=metric, ignore_index=ignore_index, protocol=protocol, window=window,
-            num_queries=num_queries, postprocess=postprocess, future_scores=future, future_offset=future_offset,
-            class_names=class_names,
-        )
-        for protocol in protocols
-    }
+    reports = evaluate_protocols(
+        scores, targets, protocols, metric=metric, ignore_index=ignore_index, window=window,
+        num_queries=num_queries, postprocess=postprocess, future_scores=future, future_offset=future_offset,
+        class_names=class_names,
+    )
     metrics = {
         "task": "eval",
         **source,
@@ -312,6 +309,9 @@ def format_report(metrics: dict[str, Any]) -> str:
     key = metrics["metric"]
     lines = []
     for protocol, rep in metrics["protocols"].items():
+        if "error" in rep:
+            lines.append(f"protocol '{protocol}': not reported ({rep['error']})")
+            continue
         extra = f", post-processing: {'+'.join(rep['postprocess'])}" if rep.get("postprocess") else ""
         lines.append(f"protocol '{protocol}': {rep['num_videos']} videos, {rep['num_chunks_scored']} chunks scored{extra}")
         width = max([len(str(c)) for c in rep["per_class_AP"]] + [10])

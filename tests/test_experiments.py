@@ -1,0 +1,56 @@
+"""Every experiment file composes with the paper hyperparameters; the OadTR ones run one
+fast_dev_run at paper size (on synthetic data of the real feature size, since no dataset is here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from oad.models.oadtr import count_parameters
+from oad.tasks import build_datamodule, build_net_config, train
+from tests.conftest import REPO, compose_cfg
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+ON_SYNTHETIC = [
+    "data=synthetic", "data.source.rgb_dim=2048", "data.source.flow_dim=1024",
+    "data.source.num_videos={train: 2, val: 1, test: 1}", "data.source.length_scale=0.05",
+    "trainer=cpu", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_with_paper_hyperparameters(name, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={name}", "data.root=/nonexistent"], tmp_path)
+    assert cfg.model.window == 64 and cfg.model.num_queries == 8
+    assert cfg.trainer.accelerator == "gpu"
+    if "oadtr" in name:
+        assert cfg.model.d_model == 1024 and cfg.model.num_layers == 3 and cfg.model.decoder_layers == 5
+        assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4 and cfg.data.batch_size == 128
+        assert cfg.criterion.future_weight == 0.5 and cfg.trainer.gradient_clip_val == 1.0
+        assert cfg.scheduler.step_size == 1 and cfg.scheduler.gamma == 0.1 and cfg.seed == 20
+    else:
+        assert cfg.model.hidden_dim == 4096
+        assert cfg.optimizer.lr == 5e-4 and cfg.data.batch_size == 32 and cfg.trainer.max_epochs == 21
+    # the data config points at a real reader with the root given on the command line
+    assert cfg.data.source._target_ == "oad.data.readers.make_source" and cfg.data.root == "/nonexistent"
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("trn")])
+def test_trn_experiment_builds_the_paper_model(name, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={name}", *ON_SYNTHETIC], tmp_path)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    with torch.device("meta"):
+        net = instantiate(build_net_config(cfg, dm))
+    assert count_parameters(net) == 357_828_630
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("oadtr")][:2])
+def test_oadtr_experiment_fast_dev_run_at_paper_size(name, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={name}", *ON_SYNTHETIC, "debug=fdr", "data.batch_size=2"], tmp_path)
+    result = train(cfg)
+    assert result["metrics"]["num_parameters"] == 74_700_844
+    assert 0.0 <= result["metrics"]["headline"]["mAP"] <= 1.0
