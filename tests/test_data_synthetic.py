@@ -1,0 +1,256 @@
+"""Tests of ``oad/data/synthetic.py``: determinism, shapes, label statistics against the fitted constants,
+the feature signals, and that temporal context pays (a linear classifier on one chunk versus on causal
+averages). The fitted constants are also checked against the real labels when ../shared is present."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.preprocessing import StandardScaler
+
+from oad.data import synthetic as S
+from oad.data.synthetic import THUMOS_CLASS_NAMES, make_synthetic_labels, make_synthetic_split
+
+from tests.conftest import shared_file
+
+AMB = 21
+
+
+def runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """Maximal constant runs as (label, start, length)."""
+    change = np.flatnonzero(np.diff(labels)) + 1
+    starts = np.r_[0, change]
+    ends = np.r_[change, len(labels)]
+    return [(int(labels[s]), int(s), int(e - s)) for s, e in zip(starts, ends)]
+
+
+@pytest.fixture(scope="module")
+def many_labels() -> list[np.ndarray]:
+    return make_synthetic_labels("train", 400, seed=3)
+
+
+# ---- API, determinism, shapes ----
+
+
+def test_class_names():
+    assert len(THUMOS_CLASS_NAMES) == 22
+    assert THUMOS_CLASS_NAMES[0] == "Background" and THUMOS_CLASS_NAMES[21] == "Ambiguous"
+    assert THUMOS_CLASS_NAMES[6:8] == ("CricketBowling", "CricketShot")
+    assert THUMOS_CLASS_NAMES[20] == "VolleyballSpiking"
+
+
+def test_class_names_match_lstr_data_info():
+    info = json.loads(shared_file("data", "lstr_data_info.json").read_text())
+    assert list(THUMOS_CLASS_NAMES) == info["THUMOS"]["class_names"]
+
+
+def test_deterministic():
+    kw = dict(rgb_dim=16, flow_dim=8, length_scale=0.3)
+    a = make_synthetic_split("train", 4, seed=5, **kw)
+    b = make_synthetic_split("train", 4, seed=5, **kw)
+    for va, vb in zip(a, b):
+        assert va.name == vb.name
+        np.testing.assert_array_equal(va.targets, vb.targets)
+        for sa, sb in zip(va.streams, vb.streams):
+            np.testing.assert_array_equal(sa, sb)
+    # A smaller draw is a prefix of a larger one.
+    c = make_synthetic_split("train", 2, seed=5, **kw)
+    np.testing.assert_array_equal(c[1].streams[0], a[1].streams[0])
+    # Another seed or split gives other videos.
+    d = make_synthetic_split("train", 4, seed=6, **kw)
+    e = make_synthetic_split("test", 4, seed=5, **kw)
+    for other in (d, e):
+        assert any(
+            x.num_chunks != y.num_chunks or not np.array_equal(x.targets, y.targets) for x, y in zip(a, other)
+        )
+        assert not np.allclose(a[0].streams[0][:5], other[0].streams[0][:5])
+
+
+def test_shapes_dtypes_one_hot():
+    videos = make_synthetic_split("val", 5, rgb_dim=24, flow_dim=12, length_scale=0.3)
+    assert [v.name for v in videos] == [f"synthetic_val_{i:04d}" for i in range(5)]
+    for v in videos:
+        T = v.num_chunks
+        assert T > 0
+        rgb, flow = v.streams
+        assert rgb.shape == (T, 24) and flow.shape == (T, 12)
+        assert rgb.dtype == flow.dtype == v.targets.dtype == np.float32
+        assert v.targets.shape == (T, 22)
+        assert set(np.unique(v.targets)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(v.targets.sum(1), 1.0)
+        assert np.isfinite(rgb).all() and np.isfinite(flow).all()
+        assert v.in_dim == 36 and v.meta["fps"] == 4
+
+
+def test_labels_match_split_and_ignore_feature_args():
+    labels = make_synthetic_labels("test", 6, seed=2, length_scale=0.4)
+    videos = make_synthetic_split("test", 6, seed=2, length_scale=0.4, rgb_dim=8, flow_dim=4, evidence=2.0)
+    for y, v in zip(labels, videos):
+        assert y.dtype == np.int64 and y.min() >= 0 and y.max() <= 21
+        np.testing.assert_array_equal(y, v.targets.argmax(1))
+
+
+def test_bad_length_scale():
+    with pytest.raises(ValueError):
+        make_synthetic_labels("train", 1, length_scale=0.0)
+
+
+# ---- label statistics against the fitted constants ----
+
+
+def test_background_share(many_labels):
+    share = np.mean(np.concatenate(many_labels) == 0)
+    assert abs(share - S.BACKGROUND_SHARE) < 0.025, share
+    short = np.concatenate(make_synthetic_labels("train", 300, seed=3, length_scale=0.3))
+    assert abs(np.mean(short == 0) - S.BACKGROUND_SHARE) < 0.07
+
+
+def test_video_lengths(many_labels):
+    q = np.percentile([len(y) for y in many_labels], [25, 50, 75])
+    real = np.array(S.VIDEO_LENGTH_QUANTILES)[[1, 2, 3]]
+    assert np.all(q > 0.7 * real) and np.all(q < 1.4 * real), (q, real)
+    short = make_synthetic_labels("train", 400, seed=3, length_scale=0.3)
+    ratio = np.mean([len(y) for y in short]) / np.mean([len(y) for y in many_labels])
+    assert 0.15 < ratio < 0.45, ratio
+
+
+def test_class_frequencies(many_labels):
+    has = np.array([np.bincount(y, minlength=22) > 0 for y in many_labels])  # (videos, 22)
+    expected = S.expected_video_share()
+    np.testing.assert_allclose(has[:, 1:21].mean(0), expected[1:21], atol=0.02)
+    assert has[:, 1:21].sum(1).max() <= 2  # one class per video, sometimes two
+    # Every block of 20 videos covers all classes.
+    for b in range(0, 400, 20):
+        assert has[b:b + 20, 1:21].any(0).all()
+    # CricketBowling usually comes right before CricketShot.
+    pairs = sum(1 for y in many_labels for (a, _, _), (b, _, _) in zip(runs(y), runs(y)[1:]) if (a, b) == (6, 7))
+    bowls = sum(1 for y in many_labels for c, _, _ in runs(y) if c == 6)
+    assert 0.5 < pairs / bowls < 0.9
+
+
+def test_action_lengths(many_labels):
+    lengths = {c: [] for c in range(1, 21)}
+    for y in many_labels:
+        for c, _, n in runs(y):
+            if 1 <= c <= 20:
+                lengths[c].append(n)
+    for c in range(1, 21):
+        _, _, _, mu, _, lo, hi = S.CLASS_TABLE[c - 1]
+        x = np.array(lengths[c])
+        assert len(x) > 20 and x.min() >= max(1, lo) and x.max() <= hi
+        assert 0.75 < np.median(x) / np.exp(mu) < 1.33, (c, np.median(x), np.exp(mu))
+    # Shorter videos keep realistic action lengths.
+    short = make_synthetic_labels("train", 200, seed=3, length_scale=0.3)
+    med_short = np.median([n for y in short for c, _, n in runs(y) if 1 <= c <= 20])
+    med_full = np.median([n for y in many_labels for c, _, n in runs(y) if 1 <= c <= 20])
+    assert 0.7 < med_short / med_full < 1.4
+
+
+def test_ambiguous(many_labels):
+    with_amb = np.mean([np.any(y == AMB) for y in many_labels])
+    assert abs(with_amb - S.AMBIGUOUS_RUNS["p_video"]) < 0.06
+    share = np.mean(np.concatenate(many_labels) == AMB)
+    assert 0.3 * S.AMBIGUOUS_SHARE < share < 3 * S.AMBIGUOUS_SHARE
+    touching = 0
+    for y in many_labels:
+        r = runs(y)
+        for i, (c, _, _) in enumerate(r):
+            if c == AMB:
+                near = [r[j][0] for j in (i - 1, i + 1) if 0 <= j < len(r)]
+                touching += any(1 <= x <= 20 for x in near)
+    assert touching > 0
+
+
+def test_constants_match_real_labels(thumos_val_labels):
+    videos = list(thumos_val_labels.values())
+    allc = np.concatenate(videos)
+    assert abs(np.mean(allc == 0) - S.BACKGROUND_SHARE) < 0.002
+    assert abs(np.mean(allc == AMB) - S.AMBIGUOUS_SHARE) < 0.002
+    np.testing.assert_allclose(
+        np.percentile([len(v) for v in videos], [10, 25, 50, 75, 90]), S.VIDEO_LENGTH_QUANTILES, atol=1
+    )
+    solo = np.zeros(21, dtype=int)
+    for v in videos:
+        cs = sorted(set(v.tolist()) - {0, AMB})
+        if len(cs) == 1:
+            solo[cs[0]] += 1
+    assert solo[1:].tolist() == [row[0] for row in S.CLASS_TABLE]
+    for c in range(1, 21):
+        _, _, _, mu, sigma, lo, hi = S.CLASS_TABLE[c - 1]
+        x = np.array([n for v in videos for k, _, n in runs(v) if k == c])
+        assert (x.min(), x.max()) == (lo, hi)
+        assert abs(np.log(x).mean() - mu) < 0.006 and abs(np.log(x).std() - sigma) < 0.006
+
+
+# ---- features ----
+
+
+def _mean_projection(videos, stream, direction, mask_fn):
+    vals = [v.streams[stream][mask_fn(v.targets.argmax(1))] @ direction for v in videos]
+    return float(np.mean(np.concatenate(vals)))
+
+
+def test_feature_signals():
+    videos = make_synthetic_split("train", 20, length_scale=0.3, seed=1)
+    flow = S.class_prototypes(32, 1)
+    action = lambda y: (y >= 1) & (y <= 20)  # noqa: E731
+    background = lambda y: y == 0  # noqa: E731
+    gap = _mean_projection(videos, 1, flow["actionness"], action) - _mean_projection(
+        videos, 1, flow["actionness"], background
+    )
+    assert abs(gap - S.AMPLITUDES["actionness"][1]) < 0.2  # gains average to 1
+    # Pre-action: the chunk before every action start carries the upcoming class.
+    pre, far = [], []
+    for v in videos:
+        y = v.targets.argmax(1)
+        for c, s, _ in runs(y):
+            if 1 <= c <= 20 and s >= 1 and y[s - 1] == 0:
+                pre.append(v.streams[1][s - 1] @ flow["pre"][c])
+        far.extend(v.streams[1][y == 0] @ flow["pre"][y.max() if y.max() < AMB else 1])
+    assert np.mean(pre) - np.mean(far) > 0.5 * S.AMPLITUDES["pre"][1]
+    # evidence=0: no signal, only nuisance and noise.
+    flat = make_synthetic_split("train", 20, length_scale=0.3, seed=1, evidence=0.0)
+    gap0 = _mean_projection(flat, 1, flow["actionness"], action) - _mean_projection(
+        flat, 1, flow["actionness"], background
+    )
+    assert abs(gap0) < 0.1
+
+
+def _causal_mean(x: np.ndarray, k: int) -> np.ndarray:
+    c = np.cumsum(x, axis=0, dtype=np.float64)
+    t = np.arange(len(x))
+    prev = np.where((t - k)[:, None] >= 0, c[np.maximum(t - k, 0)], 0.0)
+    return (c - prev) / np.minimum(t + 1, k)[:, None]
+
+
+def _linear_map(train, test, make_input) -> float:
+    """THUMOS per-frame mAP of a logistic regression on per-chunk inputs (Ambiguous dropped)."""
+    xtr = np.concatenate([make_input(v.features()) for v in train])
+    ytr = np.concatenate([v.targets.argmax(1) for v in train])
+    xte = np.concatenate([make_input(v.features()) for v in test])
+    yte = np.concatenate([v.targets.argmax(1) for v in test])
+    keep = ytr != AMB
+    scaler = StandardScaler().fit(xtr[keep])
+    clf = LogisticRegression(max_iter=200).fit(scaler.transform(xtr[keep]), ytr[keep])
+    proba = np.zeros((len(xte), 22))
+    proba[:, clf.classes_] = clf.predict_proba(scaler.transform(xte))
+    keep = yte != AMB
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aps = [average_precision_score(yte[keep] == c, proba[keep, c]) for c in range(1, 21) if np.any(yte == c)]
+    return float(np.mean(aps))
+
+
+def test_temporal_context_pays():
+    train = make_synthetic_split("train", 20, length_scale=0.3, seed=1)
+    test = make_synthetic_split("test", 20, length_scale=0.3, seed=1)
+    single = _linear_map(train, test, lambda x: x)
+    context = _linear_map(train, test, lambda x: np.concatenate([x, _causal_mean(x, 4), _causal_mean(x, 16)], 1))
+    assert 0.05 < single < 0.35, single
+    assert context - single > 0.12, (single, context)
+    assert context < 0.9, context  # not saturated
