@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from oad.console import single_console_logging
     from oad.tasks import evaluate, format_report, headline
 
+    single_console_logging()
     result = evaluate(cfg)
     if "metrics" in result:
         print(format_report(result["metrics"]))

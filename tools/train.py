@@ -11,8 +11,10 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from oad.console import single_console_logging
     from oad.tasks import headline, train
 
+    single_console_logging()
     result = train(cfg)
     if "metrics" in result:
         print(f"metrics: {result['output_dir']}/metrics.json")
