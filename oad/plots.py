@@ -54,7 +54,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def plot_timeline(
     scores: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | None,
     class_names: Sequence[str],
     path: str | Path,
     fps: float = 4.0,
@@ -74,7 +74,7 @@ def plot_timeline(
 
     Args:
         scores: ``(T, C)`` per-chunk scores (probabilities).
-        targets: ``(T, C)`` per-chunk targets.
+        targets: ``(T, C)`` per-chunk targets, or None when there is no ground truth (nothing shaded).
         class_names: the C class names.
         path: output PNG path (parent folders are created).
         fps: chunks per second (x axis in seconds).
@@ -88,7 +88,8 @@ def plot_timeline(
         The path written.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets)
+    has_gt = targets is not None
+    targets = np.zeros_like(scores) if targets is None else np.asarray(targets)
     if scores.ndim != 2 or scores.shape != targets.shape:
         raise ValueError(f"plot_timeline: scores {scores.shape} and targets {targets.shape} must be the same (T, C)")
     num_chunks, num_classes = scores.shape
@@ -124,12 +125,13 @@ def plot_timeline(
             scores[:, c],
             color=class_color(c),
             linewidth=1.8 if in_gt else 1.2,
-            linestyle="-" if in_gt else "--",
-            label=f"{class_names[c]}" + ("" if in_gt else " (no GT)"),
+            linestyle="-" if in_gt or not has_gt else "--",
+            label=f"{class_names[c]}" + ("" if in_gt or not has_gt else " (no GT)"),
         )
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Patch(facecolor="0.5", alpha=0.25, label="shaded: ground truth"))
-    labels.append("shaded: ground truth")
+    if has_gt:
+        handles.append(Patch(facecolor="0.5", alpha=0.25, label="shaded: ground truth"))
+        labels.append("shaded: ground truth")
     if ignore_index is not None and 0 <= ignore_index < num_classes and (targets[:, ignore_index] > 0).any():
         handles.append(Patch(facecolor="none", edgecolor="0.6", hatch="//"))
         labels.append(f"hatched: {class_names[ignore_index]} (not scored)")

@@ -1,0 +1,414 @@
+"""Tests of ``oad/streaming.py`` (the online runner and the event detector), ``oad/stream_task.py`` and
+``tools/stream.py``: streaming == offline "all"-protocol scores (``oad.inference``), N streams == each
+alone, reset, priming, bf16, hand-made event sequences, and the tool end to end on a features file and on
+a tiny generated video (resnet18 with random weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from oad.checkpoint import save_network
+from oad.inference import class_probabilities, score_videos
+from oad.models import TRN, ChunkLinear, OadTR
+from oad.streaming import EventDetector, OnlineDetector, can_prepack
+from tests.conftest import REPO, compose_cfg
+
+NAMES = ["Background"] + [f"action_{i}" for i in range(1, 21)] + ["Ambiguous"]
+IN_DIM = 24
+WINDOW = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two OpenMP threads on a loaded 2-core machine spin-wait and run many times slower than one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_oadtr(in_dim: int = IN_DIM) -> OadTR:
+    return OadTR(in_dim=in_dim, num_classes=22, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48,
+                 num_queries=4, decoder_layers=3, decoder_heads=2, decoder_ffn_dim=40)
+
+
+def make(kind: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = {
+        "oadtr": small_oadtr,
+        "trn": lambda: TRN(in_dim=IN_DIM, num_classes=22, hidden_dim=32, num_queries=3),
+        "linear": lambda: ChunkLinear(in_dim=IN_DIM, num_classes=22, window=3, num_queries=4),
+    }[kind]()
+    for p in net.parameters():  # larger than the default init, so the scores vary between chunks
+        torch.nn.init.normal_(p, std=0.3)
+    return net.eval()
+
+
+def stream_all(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step every chunk of ``(T, D)`` (one stream) or ``(N, T, D)``; stack along time."""
+    outs = [det.step(feats[..., t, :]) for t in range(feats.shape[-2])]
+    dim = 0 if feats.ndim == 2 else 1
+    return torch.stack([o.scores for o in outs], dim), torch.stack([o.future_scores for o in outs], dim)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, prepack", [("oadtr", None), ("oadtr", False), ("trn", None), ("linear", None)])
+def test_streaming_equals_offline_scoring(kind, prepack):
+    net = make(kind)
+    gen = torch.Generator().manual_seed(1)
+    videos = [torch.randn(3 * WINDOW + 3, IN_DIM, generator=gen), torch.randn(WINDOW - 3, IN_DIM, generator=gen)]
+    offline = score_videos(net, videos)
+    det = OnlineDetector(net, prepack=prepack)
+    assert det.num_streams is None
+    for feats, (logits, future) in zip(videos, offline):
+        det.reset()
+        scores, future_scores = stream_all(det, feats.numpy())  # numpy in, as from the extractor
+        assert scores.dtype == torch.float32 and scores.shape == (len(feats), 22)
+        assert_close(scores, class_probabilities(logits, 21), atol=1e-5, rtol=0)
+        assert_close(future_scores, class_probabilities(future, 21), atol=1e-5, rtol=0)
+        assert (scores[:, 21] == 0).all()
+        assert det.num_steps == len(feats) and det.num_streams == 1
+    # the scores really change from chunk to chunk (the comparison is not between constants)
+    assert scores.argmax(1).unique().numel() > 1 or scores.std(0).max() > 1e-3
+
+
+def test_oadtr_runner_fast_path_matches_forward_at_every_fill_level():
+    """The fused OadTR step (prepacked or not) against ``model(window, mask)`` directly, incl. full windows."""
+    net = make("oadtr", seed=3)
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(2, 2 * WINDOW, IN_DIM, generator=gen)
+    for prepack in {False, can_prepack(torch.device("cpu"), torch.float32)}:
+        det = OnlineDetector(net, prepack=prepack)
+        assert det.prepack == prepack
+        for t in range(feats.shape[1]):
+            out = det.step(feats[:, t])
+            lo = max(0, t + 1 - WINDOW)
+            window = torch.zeros(2, WINDOW, IN_DIM)
+            window[:, WINDOW - (t + 1 - lo):] = feats[:, lo : t + 1]
+            mask = torch.arange(WINDOW) >= WINDOW - (t + 1 - lo)
+            with torch.no_grad():
+                logits, future = net(window, mask.expand(2, -1))
+            assert_close(out.scores, class_probabilities(logits, 21), atol=1e-5, rtol=0)
+            assert_close(out.future_scores, class_probabilities(future, 21), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["oadtr", "trn", "linear"])
+def test_n_streams_at_once_equal_each_alone(kind):
+    net = make(kind)
+    feats = torch.randn(3, WINDOW + 5, IN_DIM, generator=torch.Generator().manual_seed(4))
+    together = stream_all(OnlineDetector(net), feats)
+    assert together[0].shape == (3, WINDOW + 5, 22) and together[1].shape[:2] == (3, WINDOW + 5)
+    for i in range(3):
+        alone = stream_all(OnlineDetector(net), feats[i])
+        assert_close(together[0][i], alone[0], atol=1e-5, rtol=0)
+        assert_close(together[1][i], alone[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["oadtr", "trn"])
+def test_reset_starts_new_streams(kind):
+    net = make(kind)
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(WINDOW + 4, IN_DIM, generator=gen), torch.randn(6, IN_DIM, generator=gen)
+    det = OnlineDetector(net)
+    stream_all(det, a)
+    det.reset()
+    assert det.num_steps == 0 and det.num_streams is None
+    assert_close(stream_all(det, b)[0], stream_all(OnlineDetector(net), b)[0], atol=0, rtol=0)
+    # another N after a reset; a different N without one is refused
+    det.reset()
+    three = torch.randn(3, 4, IN_DIM, generator=gen)
+    assert_close(stream_all(det, three)[0], stream_all(OnlineDetector(net), three)[0], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="reset"):
+        det.step(torch.randn(2, IN_DIM))
+    with pytest.raises(ValueError, match=f"\\(N, {IN_DIM}\\)"):
+        det.step(torch.randn(3, IN_DIM + 1))
+
+
+@pytest.mark.parametrize("kind", ["oadtr", "trn", "linear"])
+def test_prime_leaves_the_state_stepping_would(kind):
+    net = make(kind)
+    feats = torch.randn(2, 2 * WINDOW + 3, IN_DIM, generator=torch.Generator().manual_seed(6))
+    ref = stream_all(OnlineDetector(net), feats)[0]
+    for k in (0, 3, WINDOW, WINDOW + 5):
+        det = OnlineDetector(net)
+        det.prime(feats[:, :k])
+        assert det.num_steps == k
+        assert_close(stream_all(det, feats[:, k:])[0], ref[:, k:], atol=1e-5, rtol=0)
+    one = OnlineDetector(net)
+    one.prime(feats[0, :5].numpy())  # (T, D): one stream
+    assert one.num_streams == 1
+
+
+def test_the_wrapped_model_is_left_alone():
+    net = make("oadtr").train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    det = OnlineDetector(net, dtype=torch.bfloat16)
+    x = torch.randn(WINDOW + 2, IN_DIM)
+    bf = stream_all(det, x)[0]
+    assert net.training and all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # the runner is in eval mode (no dropout) although the model was not: two runs agree exactly
+    assert_close(stream_all(OnlineDetector(net, dtype=torch.bfloat16), x)[0], bf, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["oadtr", "trn", "linear"])
+def test_bf16_runs_and_agrees_with_fp32_on_the_top_class(kind):
+    torch.manual_seed(0)
+    net = {"oadtr": lambda: OadTR(in_dim=64, window=WINDOW, d_model=64, num_heads=4, num_layers=2, mlp_dim=64,
+                                  num_queries=4, decoder_layers=2, decoder_heads=2, decoder_ffn_dim=64),
+           "trn": lambda: TRN(in_dim=64, hidden_dim=64, num_queries=3),
+           "linear": lambda: ChunkLinear(in_dim=64, window=1)}[kind]().eval()
+    feats = torch.randn(3, 2 * WINDOW + 8, 64, generator=torch.Generator().manual_seed(7))
+    fp32 = stream_all(OnlineDetector(net), feats)[0]
+    for prepack in ({None, False} if kind == "oadtr" else {None}):
+        det = OnlineDetector(net, dtype=torch.bfloat16, prepack=prepack)
+        bf16, future = stream_all(det, feats)
+        assert bf16.dtype == torch.float32 and future.dtype == torch.float32
+        assert torch.isfinite(bf16).all() and torch.isfinite(future).all()
+        assert_close(bf16.sum(-1), torch.ones(bf16.shape[:2]), atol=1e-4, rtol=0)
+        agree = (bf16.argmax(-1) == fp32.argmax(-1)).float().mean().item()
+        assert agree >= 0.9, agree
+        assert (bf16 - fp32).abs().max() < 0.05
+
+
+def test_wrong_dtype_and_model_are_refused():
+    with pytest.raises(ValueError, match="bfloat16"):
+        OnlineDetector(make("linear"), dtype=torch.float16)
+    with pytest.raises(ValueError, match="history"):
+        OnlineDetector(make("linear")).prime(torch.randn(IN_DIM))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------------
+
+
+def scores_of(values: list[float], cls: int = 1, others: dict[int, list[float]] | None = None) -> np.ndarray:
+    """(T, 22) scores: ``values`` on class ``cls``, ``others`` on other classes, the rest on background."""
+    s = np.zeros((len(values), 22))
+    s[:, cls] = values
+    for c, v in (others or {}).items():
+        s[:, c] = v
+    s[:, 0] = 1 - s.sum(1)
+    return s
+
+
+def run_events(scores: np.ndarray, **kw) -> tuple[list[dict], list[list[dict]]]:
+    ev = EventDetector(NAMES, rate=4.0, **kw)
+    decisions = [ev.update(s) for s in scores]
+    return ev.finish(), decisions
+
+
+def test_event_threshold_min_length_and_decided_at():
+    events, decisions = run_events(scores_of([0.1, 0.6, 0.7, 0.8, 0.2, 0.1]), on_threshold=0.5, off_threshold=0.3,
+                                   min_length=2)
+    assert len(events) == 1
+    e = events[0]
+    assert (e["class_name"], e["start_chunk"], e["end_chunk"], e["num_chunks"]) == ("action_1", 1, 4, 3)
+    assert (e["start_s"], e["end_s"]) == (0.25, 1.0)
+    # started at chunk 1, decided once 2 chunks were seen (chunk 2); ended by chunk 4, decided there
+    assert (e["start_decided_chunk"], e["start_delay_chunks"]) == (2, 1)
+    assert (e["end_decided_chunk"], e["end_delay_chunks"]) == (4, 1)
+    assert (e["start_decided_s"], e["end_decided_s"]) == (0.75, 1.25)
+    assert e["peak_score"] == pytest.approx(0.8) and not e["end_by_stream_end"]
+    assert [[d["decision"] for d in ds] for ds in decisions] == [[], [], ["start"], [], ["end"], []]
+    assert decisions[2][0]["end_chunk"] is None and decisions[4][0]["end_chunk"] == 4
+    # min_length 3: decided one chunk later, same event
+    (e3,), _ = run_events(scores_of([0.1, 0.6, 0.7, 0.8, 0.2, 0.1]), min_length=3)
+    assert (e3["start_chunk"], e3["end_chunk"], e3["start_decided_chunk"]) == (1, 4, 3)
+
+
+def test_event_hysteresis():
+    values = [0.6, 0.4, 0.45, 0.35, 0.2, 0.1]
+    (e,), _ = run_events(scores_of(values), on_threshold=0.5, off_threshold=0.3, min_length=1)
+    assert (e["start_chunk"], e["end_chunk"]) == (0, 4)  # dips to 0.35-0.45 do not end it
+    events, _ = run_events(scores_of(values), on_threshold=0.5, off_threshold=0.5, min_length=1)
+    assert [(x["start_chunk"], x["end_chunk"]) for x in events] == [(0, 1)]  # without hysteresis
+
+
+def test_event_min_length_drops_short_candidates():
+    values = [0.1, 0.9, 0.1, 0.1, 0.8, 0.4, 0.1]
+    events, _ = run_events(scores_of(values), min_length=2)
+    assert [(x["start_chunk"], x["end_chunk"]) for x in events] == [(4, 6)]  # the 1-chunk spike is dropped
+    events, _ = run_events(scores_of(values), min_length=1)
+    assert [(x["start_chunk"], x["end_chunk"]) for x in events] == [(1, 2), (4, 6)]
+
+
+def test_event_classes_are_independent_and_background_and_ignore_never_fire():
+    s = scores_of([0.0, 0.6, 0.6, 0.6, 0.0], cls=3, others={7: [0.35, 0.35, 0.35, 0.0, 0.0]})
+    s[:, 21] = 0.0
+    events, _ = run_events(s, on_threshold=0.3, off_threshold=0.2, min_length=1)
+    assert [(x["class_index"], x["start_chunk"], x["end_chunk"]) for x in events] == [(7, 0, 3), (3, 1, 4)]
+    bg = np.zeros((5, 22))
+    bg[:, 0], bg[:, 21] = 0.4, 0.6
+    assert run_events(bg, on_threshold=0.3, off_threshold=0.2)[0] == []
+
+
+def test_event_open_at_stream_end_is_closed_there():
+    (e,), _ = run_events(scores_of([0.1, 0.7, 0.7, 0.7]), min_length=2)
+    assert (e["start_chunk"], e["end_chunk"], e["end_decided_chunk"], e["end_by_stream_end"]) == (1, 4, 3, True)
+    ev = EventDetector(NAMES, min_length=2)
+    for s in scores_of([0.1, 0.7, 0.7]):
+        ev.update(torch.from_numpy(s))  # tensors accepted too
+    assert [a["start_chunk"] for a in ev.active] == [1]
+    # a candidate shorter than min_length at the end is dropped
+    assert run_events(scores_of([0.1, 0.1, 0.7]), min_length=2)[0] == []
+
+
+def test_event_settings_are_checked():
+    with pytest.raises(ValueError, match="off_threshold"):
+        EventDetector(NAMES, on_threshold=0.3, off_threshold=0.5)
+    with pytest.raises(ValueError, match="min_length"):
+        EventDetector(NAMES, min_length=0)
+    with pytest.raises(ValueError, match=r"\(22,\)"):
+        EventDetector(NAMES).update(np.zeros(21))
+
+
+# ---------------------------------------------------------------------------------------------------
+# tools/stream.py
+# ---------------------------------------------------------------------------------------------------
+
+
+def save_small_checkpoint(path, in_dim: int, stream_dims: list[int]) -> OadTR:
+    net = make("oadtr") if in_dim == IN_DIM else small_oadtr(in_dim).eval()
+    cfg = {"_target_": "oad.models.oadtr.OadTR", "in_dim": in_dim, "num_classes": 22, "window": WINDOW, "d_model": 32,
+           "num_heads": 4, "num_layers": 2, "mlp_dim": 48, "num_queries": 4, "decoder_layers": 3, "decoder_heads": 2,
+           "decoder_ffn_dim": 40}
+    save_network(path, net, cfg, {"class_names": NAMES, "ignore_index": 21, "fps": 4.0, "stream_dims": stream_dims})
+    return net
+
+
+def read_scores_csv(path) -> tuple[str, list[str], np.ndarray]:
+    lines = path.read_text().splitlines()
+    rows = list(csv.reader(lines[1:]))
+    return lines[0], rows[0], np.array(rows[1:], dtype=np.float64)
+
+
+def test_tool_on_a_features_file(tmp_path):
+    net = save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
+    T = 3 * WINDOW + 2
+    feats = np.random.default_rng(0).normal(size=(T, IN_DIM)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "tools" / "stream.py"), f"features={tmp_path / 'f.npy'}",
+           f"ckpt_path={tmp_path / 'tiny.ckpt'}", f"output_dir={out}", "events.on_threshold=0.2",
+           "events.off_threshold=0.1", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("real-time factor: ")
+
+    comment, header, table = read_scores_csv(out / "scores.csv")
+    assert comment.startswith("# oad stream: checkpoint=") and "RANDOM" not in comment
+    assert header == ["chunk", "start_s", "end_s", *NAMES]
+    assert table.shape == (T, 3 + 22)
+    assert_close(table[:, 0], np.arange(T, dtype=np.float64))
+    assert_close(table[:, 1], np.arange(T) / 4.0)
+    (logits, _), = score_videos(net, [torch.from_numpy(feats)])
+    assert_close(torch.from_numpy(table[:, 3:]), class_probabilities(logits, 21).double(), atol=2e-6, rtol=0)
+
+    js = json.loads((out / "scores.json").read_text())
+    assert js["class_names"] == NAMES and len(js["scores"]) == T and js["chunk"] == list(range(T))
+    meta = js["meta"]
+    assert meta["features"] == str(tmp_path / "f.npy") and meta["rate"] == 4.0 and meta["num_chunks"] == T
+    assert meta["real_time_factor"] > 0 and meta["random_weights"] is False
+    ev = json.loads((out / "events.json").read_text())
+    assert ev["rule"]["on_threshold"] == 0.2 and ev["rule"]["min_length"] == 2
+    for e in ev["events"]:
+        assert e["start_decided_chunk"] >= e["start_chunk"] and e["end_decided_chunk"] >= e["end_chunk"] - 1
+        assert e["class_name"] not in ("Background", "Ambiguous")
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a features file of the wrong size: a clear error, exit code 2
+    np.save(tmp_path / "bad.npy", feats[:, :10])
+    cmd[2] = f"features={tmp_path / 'bad.npy'}"
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and f"expected (T, {IN_DIM})" in r.stderr
+
+
+def write_video(path, n: int, fps: int = 25):
+    av = pytest.importorskip("av")
+    w, h = 64, 48
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            img = np.full((h, w, 3), 40, np.uint8)
+            img[16:32, (2 * i) % 48 : (2 * i) % 48 + 16] = 255
+            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+def stream_cfg(tmp_path, **over):
+    args = [f"{k}={v}" for k, v in {
+        "backbone.name": "resnet18", "backbone.weights": "random", "backbone.allow_random": "true",
+        "resize": 64, "crop": 56, "progress": "false", **over}.items()]
+    return compose_cfg("stream", args, tmp_path / "out")
+
+
+def test_stream_task_on_a_tiny_video_with_random_backbone(tmp_path):
+    from oad.stream_task import stream
+
+    video = write_video(tmp_path / "clip.mp4", 83)  # 3.32 s at 25 fps
+    save_small_checkpoint(tmp_path / "r18.ckpt", 512, [512])
+    res = stream(stream_cfg(tmp_path, video=video, ckpt_path=tmp_path / "r18.ckpt"))
+    out = tmp_path / "out"
+    for name in ("scores.csv", "scores.json", "events.json", "timeline.png"):
+        assert (out / name).is_file(), name
+    comment, header, table = read_scores_csv(out / "scores.csv")
+    assert abs(len(table) - 3.32 * 4) <= 1 and res["num_chunks"] == len(table)
+    assert "weights=random" in comment and "RANDOM BACKBONE WEIGHTS" in comment
+    for name in ("scores.json", "events.json"):
+        meta = json.loads((out / name).read_text())["meta"]
+        assert meta["weights"] == "random" and meta["random_weights"] is True and meta["backbone"] == "resnet18"
+        assert meta["video"] == str(video) and meta["rate"] == 4.0
+    assert res["real_time_factor"] > 0
+
+
+def test_stream_task_errors_are_clear_and_early(tmp_path):
+    from oad.stream_task import stream
+    from oad.video import VideoError
+
+    save_small_checkpoint(tmp_path / "r18.ckpt", 512, [512])
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoError, match="corrupt.mp4"):
+        stream(stream_cfg(tmp_path, video=corrupt, ckpt_path=tmp_path / "r18.ckpt"))
+    # stream sizes that do not fit are refused before the video is opened (the corrupt file is not reached)
+    save_small_checkpoint(tmp_path / "two.ckpt", 1024, [512, 512])
+    with pytest.raises(ValueError, match=r"512\+512 feature streams.*extractor gives 512"):
+        stream(stream_cfg(tmp_path, video=corrupt, ckpt_path=tmp_path / "two.ckpt"))
+    with pytest.raises(ValueError, match="exactly one input"):
+        stream(stream_cfg(tmp_path, ckpt_path=tmp_path / "r18.ckpt"))
+    with pytest.raises(ValueError, match="allow_random"):
+        stream(stream_cfg(tmp_path, video=corrupt, ckpt_path=tmp_path / "r18.ckpt", **{"backbone.allow_random": "false"}))
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "bench.py"), "--quick", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "per-step latency" in r.stdout and "acceptance" in r.stdout
+    res = json.loads(out.read_text())
+    assert res["latency"]["runner/fp32/1"]["gflop"] == pytest.approx(4.47, abs=0.05)
+    assert res["latency"]["full forward/fp32/1"]["gflop"] == pytest.approx(4.95, abs=0.05)
