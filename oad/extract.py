@@ -244,22 +244,7 @@ def extract_folder(
 
 def extract(cfg) -> ExtractionSummary:
     """The task behind ``tools/extract_features.py``: build the extractor from ``configs/extract.yaml``."""
-    bb, fl = cfg.backbone, cfg.flow_backbone
-    extractor = FeatureExtractor(
-        bb.name,
-        bb.weights,
-        rate=cfg.rate,
-        flow=cfg.flow,
-        flow_pairs=fl.pairs,
-        flow_backbone=fl.name,
-        flow_weights=fl.weights,
-        allow_random=bb.allow_random,
-        device=cfg.device,
-        batch_chunks=cfg.batch_chunks,
-        bf16=cfg.bf16,
-        resize=cfg.resize,
-        crop=cfg.crop,
-    )
+    extractor = FeatureExtractor.from_config(cfg)
     return extract_folder(
         cfg.videos, cfg.output, extractor, extensions=tuple(cfg.extensions), progress=cfg.progress
     )

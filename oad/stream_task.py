@@ -64,22 +64,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _build_extractor(cfg: DictConfig, rate: float):
     from oad.video import FeatureExtractor
 
-    bb, fl = cfg.backbone, cfg.flow_backbone
-    return FeatureExtractor(
-        bb.name,
-        bb.weights,
-        rate=rate,
-        flow=cfg.flow,
-        flow_pairs=fl.pairs,
-        flow_backbone=fl.name,
-        flow_weights=fl.weights,
-        allow_random=bb.allow_random,
-        device=cfg.device,
-        batch_chunks=cfg.batch_chunks,
-        bf16=cfg.bf16,
-        resize=cfg.resize,
-        crop=cfg.crop,
-    )
+    return FeatureExtractor.from_config(cfg, rate=rate)
 
 
 def check_stream_dims(ckpt: str, in_dim: int, expected: list[int] | None, got: list[int], what: str) -> None:

@@ -495,6 +495,27 @@ class FeatureExtractor:
         resize, crop: shorter side resize then centre crop (ImageNet: 256, 224).
     """
 
+    @classmethod
+    def from_config(cls, cfg, rate: float | None = None) -> "FeatureExtractor":
+        """Build from the ``backbone``/``flow_backbone`` blocks of ``configs/extract.yaml`` or
+        ``configs/stream.yaml`` (``rate`` overrides ``cfg.rate``)."""
+        bb, fl = cfg.backbone, cfg.flow_backbone
+        return cls(
+            bb.name,
+            bb.weights,
+            rate=cfg.rate if rate is None else rate,
+            flow=cfg.flow,
+            flow_pairs=fl.pairs,
+            flow_backbone=fl.name,
+            flow_weights=fl.weights,
+            allow_random=bb.allow_random,
+            device=cfg.device,
+            batch_chunks=cfg.batch_chunks,
+            bf16=cfg.bf16,
+            resize=cfg.resize,
+            crop=cfg.crop,
+        )
+
     def __init__(
         self,
         backbone: str = "resnet50",
