@@ -118,7 +118,11 @@ class OadLitModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def gather_outputs(self) -> dict[str, dict[str, np.ndarray]]:
-        """This process's scored videos, merged with the other processes' under DDP (each video once)."""
+        """This process's scored videos, merged with the other processes' under DDP (each video once).
+
+        Every process gets the same dict, in video-name order, so every process computes the same metrics
+        (and ``ModelCheckpoint`` sees the same monitored value everywhere).
+        """
         outputs = self._eval_outputs
         if self.trainer is not None and self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
@@ -129,7 +133,7 @@ class OadLitModule(L.LightningModule):
                     if name in outputs:
                         raise RuntimeError(f"video {name!r} was scored by two processes")
                     outputs[name] = value
-        return outputs
+        return dict(sorted(outputs.items()))
 
     def _evaluate(self, outputs: dict[str, dict[str, np.ndarray]], protocols: tuple[str, ...] = ("all",)) -> dict:
         from oad.metrics import evaluate_protocols
@@ -159,7 +163,8 @@ class OadLitModule(L.LightningModule):
             return
         key = self._metric_key()
         res = self._evaluate(outputs)["all"]
-        self.log(f"val/{key}", float(res[key]), sync_dist=False, prog_bar=True, rank_zero_only=True)
+        # the same value on every process (gathered outputs): nothing to reduce
+        self.log(f"val/{key}", float(res[key]), sync_dist=False, prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
         outputs = self.gather_outputs()
@@ -167,7 +172,7 @@ class OadLitModule(L.LightningModule):
         results = self._evaluate(outputs, tuple(self.hparams.eval_protocols))
         self.test_results = results
         self.test_predictions = outputs
-        self.log(f"test/{key}", float(results[self.hparams.eval_protocols[0]][key]), rank_zero_only=True)
+        self.log(f"test/{key}", float(results[self.hparams.eval_protocols[0]][key]), sync_dist=False)
 
     # -- optimisation ------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -3,7 +3,8 @@ return the results (so tests call these directly).
 
 ``train(cfg)``: data -> model (feature sizes read from the data) -> LightningModule -> Trainer.fit ->
 test of the final weights on every chunk of every test video -> ``metrics.json`` and ``predictions.pkl``
-in the run directory.
+in the run directory. Checkpoints go to ``<run dir>/checkpoints/`` (``last.ckpt`` among them, written
+atomically and every ``checkpoint.every_n_train_steps`` steps); ``ckpt_path=last`` resumes from it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from oad.data.datamodule import OadDataModule
+from oad.distributed import AtomicCheckpointIO
 from oad.lit_module import OadLitModule
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,37 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, then test the final weights. Returns ``{'metrics': ..., 'output_dir': ..., 'ckpt': ...}``."""
+def checkpoint_callbacks(dirpath: Path, cfg: DictConfig | None, key: str, has_val: bool) -> list[ModelCheckpoint]:
+    """``epoch<NNN>.ckpt`` (the best on validation, or every epoch without it) and ``last.ckpt``.
+
+    ``last.ckpt`` is rewritten at every epoch end and, with ``checkpoint.every_n_train_steps: N``, every
+    N optimizer steps, so a killed run resumes (``ckpt_path=last``) losing at most N steps. Both callbacks
+    write the same ``last.ckpt`` (no ``last-v1.ckpt`` versions).
+    """
+    every_n = int((cfg or {}).get("every_n_train_steps") or 0)
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=dirpath,
+            filename="epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            save_last=True,
+            save_top_k=-1 if not has_val else 1,
+            monitor=f"val/{key}" if has_val else None,
+            mode="max",
+            enable_version_counter=False,
+        )
+    ]
+    if every_n > 0:
+        callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n,
+                                         enable_version_counter=False))
+    return callbacks
+
+
+def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Train, then test the final weights. Returns ``{'metrics': ..., 'output_dir': ..., 'ckpt': ...}``.
+
+    ``callbacks`` are added to the trainer's (e.g. a throughput meter).
+    """
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -136,19 +167,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model %s: %s parameters, in_dim %d", net_config["_target_"], f"{n_params:,}", dm.in_dim)
 
     key = "mcAP" if dm.metric == "cAP" else "mAP"
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
-            filename="epoch{epoch:03d}",
-            auto_insert_metric_name=False,
-            save_last=True,
-            save_top_k=-1 if not dm.splits["val"] else 1,
-            monitor=f"val/{key}" if dm.splits["val"] else None,
-            mode="max",
-        )
-    ]
+    saving = checkpoint_callbacks(output_dir / "checkpoints", cfg.get("checkpoint"), key, bool(dm.splits["val"]))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=CSVLogger(output_dir, name="logs"), default_root_dir=output_dir
+        cfg.trainer, callbacks=[*saving, *(callbacks or [])], logger=CSVLogger(output_dir, name="logs"),
+        default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
     )
     trainer.fit(lit, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
 
@@ -256,7 +278,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if not trainer.is_global_zero:
             return {"output_dir": str(output_dir)}
         outputs = lit.test_predictions
-        write_predictions(output_dir / "predictions.pkl", outputs)
         scores = {k: v["scores"] for k, v in outputs.items()}
         targets = {k: v["targets"] for k, v in outputs.items()}
         future = {k: v["future_scores"] for k, v in outputs.items()}
@@ -284,6 +305,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["plots"] = make_plots(scores, targets, reports[protocols[0]], class_names, output_dir,
                                       ignore_index=ignore_index, max_videos=cfg.get("plot_max_videos", 20))
     out_path = Path(cfg.output) if cfg.get("output") else output_dir / "metrics.json"
+    # Written last, each atomically: a run that fails anywhere above leaves earlier results untouched.
+    if "ckpt_path" in source:
+        write_predictions(output_dir / "predictions.pkl", outputs)
     write_json(out_path, metrics)
     return {"metrics": metrics, "output_dir": str(output_dir), "metrics_path": str(out_path)}
 

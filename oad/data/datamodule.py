@@ -1,4 +1,8 @@
-"""LightningDataModule over any ``Source``: training windows, whole videos for validation and test."""
+"""LightningDataModule over any ``Source``: training windows, whole videos for validation and test.
+
+Under DDP the training windows get Lightning's ``DistributedSampler``; the whole videos are split across
+the processes by :class:`oad.distributed.VideoShardSampler` (each video once, balanced by length).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from torch.utils.data import DataLoader
 from oad.data.base import Video, stream_dims
 from oad.data.sources import Source
 from oad.data.windows import VideoDataset, WindowDataset, collate_videos
+from oad.distributed import VideoBatches, VideoShardSampler
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +144,14 @@ class OadDataModule(L.LightningDataModule):
         )
 
     def _video_loader(self, stage: str) -> DataLoader:
-        return DataLoader(VideoDataset(self.videos(stage)), batch_size=8, shuffle=False,
-                          num_workers=0, collate_fn=collate_videos)
+        """Batches of 8 whole videos, this process's share of them under DDP (the sampler batches)."""
+        videos = self.videos(stage)
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        dataset = VideoDataset(videos)
+        sampler = VideoShardSampler(dataset, [v.num_chunks for v in videos], batch_size=8,
+                                    num_replicas=shard.get("num_replicas", 1), rank=shard.get("rank", 0))
+        return DataLoader(VideoBatches(dataset), sampler=sampler, batch_size=None, num_workers=0,
+                          collate_fn=collate_videos)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._video_loader("val") if self.splits["val"] else []

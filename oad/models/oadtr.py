@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def _key_padding_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -145,6 +146,8 @@ class OadTR(nn.Module):
         decoder_ffn_dim: decoder FFN hidden size.
         dropout: dropout of embeddings, residual branches and FFNs.
         attn_dropout: dropout on attention weights.
+        checkpoint_activations: in training, recompute each encoder/decoder layer's activations in the
+            backward pass instead of keeping them (memory for long windows, for about one more forward).
     """
 
     dense_supervision = False  # trained on the last chunk of each window
@@ -167,6 +170,7 @@ class OadTR(nn.Module):
         decoder_ffn_dim: int = 1024,
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
+        checkpoint_activations: bool = False,
     ):
         super().__init__()
         decoder_dim = d_model if decoder_dim is None else decoder_dim
@@ -175,6 +179,7 @@ class OadTR(nn.Module):
             raise ValueError(f"decoder_dim ({decoder_dim}) must equal d_model ({d_model}) in OadTR")
         self.in_dim, self.num_classes, self.window = in_dim, num_classes, window
         self.d_model, self.num_queries = d_model, num_queries
+        self.checkpoint_activations = checkpoint_activations
 
         self.linear_encoding = nn.Linear(in_dim, d_model)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
@@ -230,17 +235,23 @@ class OadTR(nn.Module):
             valid = torch.cat((mask.bool(), mask.new_ones(B, 1, dtype=torch.bool)), dim=1)  # (B, L+1)
             bias = _key_padding_bias(valid, x.dtype)
         for layer in self.encoder:
-            x = layer(x, bias)
+            x = self._run_layer(layer, x, bias)
         memory = self.pre_head_ln(x)  # (B, L+1, d)
 
         dec = self.decoder_cls_token.expand(B, -1, -1)  # (B, Q, d)
         for layer in self.decoder:
-            dec = layer(dec, memory, bias)
+            dec = self._run_layer(layer, dec, memory, bias)
         dec = self.after_dropout(self.decoder_norm(dec))
 
         future_logits = self.classifier(dec)  # (B, Q, C)
         logits = self.mlp_head(torch.cat((memory[:, -1], dec.mean(dim=1)), dim=1))  # (B, 2d) -> (B, C)
         return logits, future_logits
+
+    def _run_layer(self, layer: nn.Module, *args: Tensor | None) -> Tensor:
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            # recomputed in backward with the same dropout masks (the RNG state is restored)
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Score the newest chunk of each window.

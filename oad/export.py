@@ -1,0 +1,301 @@
+"""Export the online step of a trained network as TorchScript and ONNX, for deployment without ``oad``.
+
+The streaming runner (``oad.streaming.OnlineDetector``) keeps its state inside a Python object; an
+exported model cannot, so the exported step is a pure function of explicit state:
+
+- OadTR, :class:`OadTRStep`: ``(buffer (N, L, d), count (N,), features (N, in_dim)) -> (scores (N, C),
+  future_scores (N, Q, C), buffer (N, L, d), count (N,))``. ``buffer`` holds the projected inputs of the
+  last ``L`` chunks, oldest first, zeros before the stream starts; ``count`` is the number of chunks seen
+  so far (int64, capped at ``L``). Start with zeros for both and feed back what the step returns. Until
+  ``L`` chunks have arrived the window is left-padded and masked, exactly as the offline "all" protocol
+  (``oad.inference.score_videos``) scores the first ``L - 1`` chunks.
+- TRN, :class:`TRNStep`: ``(features (N, in_dim), h (N, H), c (N, H), future_input (N, in_dim)) ->
+  (scores (N, C), future_scores (N, Q, C), h, c, future_input)``; the state starts at zeros.
+
+Scores are probabilities: the softmax over the classes other than the ignore class (probability 0), as
+``oad.inference.class_probabilities`` computes them. The batch dimension ``N`` (streams stepped together)
+is dynamic in both formats. ``export_network`` writes ``step.pt`` (TorchScript, ``torch.jit.load``),
+``step.onnx`` and ``export.json`` (input/output names and shapes, sizes, class names), and checks that
+both files reproduce the PyTorch step over a sequence of steps longer than the window.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from oad.inference import is_recurrent
+from oad.models.oadtr import OadTR
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OadTRStep", "TRNStep", "step_module", "export_network", "export_checkpoint", "check_exported"]
+
+
+def _class_bias(num_classes: int, ignore_index: int | None) -> Tensor:
+    """``(C,)`` additive logit bias: ``-inf`` on the ignore class, so the softmax gives it 0."""
+    bias = torch.zeros(num_classes)
+    if ignore_index is not None:
+        if not 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} is not a class of a {num_classes}-class model")
+        bias[ignore_index] = float("-inf")
+    return bias
+
+
+class OadTRStep(nn.Module):
+    """One online OadTR step over an explicit ring buffer of projected inputs (see the module docstring).
+
+    Args:
+        net: a trained ``OadTR`` (copied, in eval mode).
+        ignore_index: class left out of the softmax, or None.
+    """
+
+    def __init__(self, net: OadTR, ignore_index: int | None = 21):
+        super().__init__()
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.window, self.d_model, self.in_dim = net.window, net.d_model, net.in_dim
+        self.register_buffer("class_bias", _class_bias(net.num_classes, ignore_index), persistent=False)
+        self.register_buffer("positions", torch.arange(net.window), persistent=False)
+
+    def forward(self, buffer: Tensor, count: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """
+        Args:
+            buffer: ``(N, L, d_model)`` projected inputs of the previous chunks, oldest first.
+            count: ``(N,)`` int64, chunks seen before this one.
+            features: ``(N, in_dim)`` the new chunk.
+        Returns:
+            ``scores (N, C)``, ``future_scores (N, Q, C)``, the new ``buffer`` and ``count``.
+        """
+        e = self.net.embed(features)  # (N, in_dim) -> (N, d)
+        buffer = torch.cat((buffer[:, 1:], e[:, None]), dim=1)  # drop the oldest: (N, L, d)
+        count = torch.clamp(count + 1, max=self.window)
+        mask = self.positions[None, :] >= (self.window - count)[:, None]  # (N, L): the last `count` are real
+        logits, future = self.net.forward_embedded(buffer, mask)
+        scores = torch.softmax(logits.float() + self.class_bias, dim=-1)
+        future_scores = torch.softmax(future.float() + self.class_bias, dim=-1)
+        return scores, future_scores, buffer, count
+
+    def init_state(self, n: int) -> tuple[Tensor, Tensor]:
+        """``(buffer, count)`` before the first chunk of ``n`` streams."""
+        ref = self.class_bias
+        return (torch.zeros(n, self.window, self.d_model, device=ref.device),
+                torch.zeros(n, dtype=torch.int64, device=ref.device))
+
+    input_names = ("buffer", "count", "features")
+    output_names = ("scores", "future_scores", "next_buffer", "next_count")
+
+
+class TRNStep(nn.Module):
+    """One online TRN step with the recurrent state as explicit inputs and outputs.
+
+    Args:
+        net: a trained ``TRN`` (or any model with ``init_state``/``step`` and a 3-tensor state); copied,
+            eval mode.
+        ignore_index: class left out of the softmax, or None.
+    """
+
+    def __init__(self, net: nn.Module, ignore_index: int | None = 21):
+        super().__init__()
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.in_dim, self.hidden_dim = net.in_dim, net.hidden_dim
+        self.register_buffer("class_bias", _class_bias(net.num_classes, ignore_index), persistent=False)
+
+    def forward(self, features: Tensor, h: Tensor, c: Tensor, future_input: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """
+        Args:
+            features: ``(N, in_dim)`` the new chunk.
+            h, c: ``(N, H)`` encoder LSTM state; future_input: ``(N, in_dim)`` the decoder's anticipated
+                features from the previous step.
+        Returns:
+            ``scores (N, C)``, ``future_scores (N, Q, C)`` and the new ``h``, ``c``, ``future_input``.
+        """
+        logits, future, (h, c, future_input) = self.net.step(features, (h, c, future_input))
+        scores = torch.softmax(logits.float() + self.class_bias, dim=-1)
+        future_scores = torch.softmax(future.float() + self.class_bias, dim=-1)
+        return scores, future_scores, h, c, future_input
+
+    def init_state(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(h, c, future_input)`` before the first chunk of ``n`` streams."""
+        return tuple(self.net.init_state(n, device=self.class_bias.device, dtype=torch.float32))
+
+    input_names = ("features", "h", "c", "future_input")
+    output_names = ("scores", "future_scores", "next_h", "next_c", "next_future_input")
+
+
+def step_module(net: nn.Module, ignore_index: int | None = 21) -> OadTRStep | TRNStep:
+    """The exportable step of ``net``: :class:`OadTRStep` for OadTR, :class:`TRNStep` for recurrent models."""
+    if isinstance(net, OadTR):
+        return OadTRStep(net, ignore_index)
+    if is_recurrent(net):
+        return TRNStep(net, ignore_index)
+    raise TypeError(f"no exportable step for {type(net).__name__} (OadTR and TRN are supported)")
+
+
+def _first_inputs(step: OadTRStep | TRNStep, x: Tensor) -> tuple[Tensor, ...]:
+    """Inputs of the first step of ``len(x)`` streams: the zero state and the first chunk ``x``."""
+    state = step.init_state(x.shape[0])
+    return (*state, x) if isinstance(step, OadTRStep) else (x, *state)
+
+
+def _feed_back(step: OadTRStep | TRNStep, outputs: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
+    """Inputs of the next step: the state returned by this one and the next chunk ``x``."""
+    state = tuple(outputs[2:])
+    return (*state, x) if isinstance(step, OadTRStep) else (x, *state)
+
+
+def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: int | None = 21,
+                   meta: dict[str, Any] | None = None, opset_version: int = 18, check_steps: int | None = None
+                   ) -> dict[str, Any]:
+    """Write ``step.pt`` (TorchScript), ``step.onnx`` and ``export.json`` for ``net`` into ``output_dir``.
+
+    Args:
+        net: a trained OadTR or TRN.
+        output_dir: created if missing.
+        ignore_index: class left out of the softmax, or None.
+        meta: extra facts for ``export.json`` (class names, fps, the checkpoint, ...).
+        opset_version: ONNX opset.
+        check_steps: steps of the parity check after writing (default: ``window + 3``, so the partial
+            windows of the first ``L - 1`` chunks and some full ones are compared); 0 skips it.
+    Returns:
+        The manifest written to ``export.json`` (with the parity check's largest differences).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    step = step_module(net.cpu(), ignore_index).eval()
+    example = _first_inputs(step, torch.randn(2, step.in_dim, generator=torch.Generator().manual_seed(0)))
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # the window-length check in OadTR.forward_embedded is constant for the exported window
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(step, example, check_trace=False)
+    ts_path = output_dir / "step.pt"
+    _atomic(ts_path, lambda p: torch.jit.save(traced, str(p)))
+
+    onnx_path = output_dir / "step.onnx"
+    batch = torch.export.Dim("N")
+    _atomic(onnx_path, lambda p: torch.onnx.export(
+        step, example, str(p), input_names=list(step.input_names), output_names=list(step.output_names),
+        dynamic_shapes=tuple({0: batch} for _ in example), opset_version=opset_version, dynamo=True,
+        external_data=False, verbose=False))
+
+    with torch.no_grad():
+        example_out = step(*example)
+    window = getattr(net, "window", None)
+    manifest: dict[str, Any] = {
+        "model": type(net).__name__,
+        "torchscript": ts_path.name,
+        "onnx": onnx_path.name,
+        "opset_version": opset_version,
+        # N (dynamic): streams stepped together
+        "inputs": {n: _describe(t) for n, t in zip(step.input_names, example)},
+        "outputs": {n: _describe(t) for n, t in zip(step.output_names, example_out)},
+        "state": "feed each next_<x> output back as input <x> at the next step; start from zeros",
+        "in_dim": int(net.in_dim),
+        "num_classes": int(net.num_classes),
+        "num_queries": int(net.num_queries),
+        "window": window if isinstance(step, OadTRStep) else None,
+        "future_offset": int(getattr(net, "future_offset", 1)),
+        "ignore_index": ignore_index,
+        **(meta or {}),
+    }
+    steps = (window or 8) + 3 if check_steps is None else check_steps
+    if steps:
+        manifest["max_abs_diff"] = check_exported(step, ts_path, onnx_path, steps=steps)
+        log.info("export parity over %d steps: %s", steps, manifest["max_abs_diff"])
+    (output_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _describe(t: Tensor) -> dict[str, Any]:
+    return {"shape": ["N", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
+
+
+def _atomic(path: Path, write) -> None:
+    """Let ``write(tmp)`` produce the file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def check_exported(step: OadTRStep | TRNStep, torchscript_path: str | os.PathLike | None = None,
+                   onnx_path: str | os.PathLike | None = None, steps: int = 8, num_streams: int = 3,
+                   seed: int = 0) -> dict[str, float]:
+    """Run the PyTorch step and the exported files side by side for ``steps`` consecutive chunks.
+
+    Each runtime carries its own state (its outputs are fed back to itself). Returns the largest absolute
+    difference to PyTorch over all steps and outputs, per format.
+    """
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(num_streams, step.in_dim, generator=g) for _ in range(steps)]
+    init = _first_inputs(step, xs[0])
+
+    runners: dict[str, Any] = {}
+    if torchscript_path is not None:
+        ts = torch.jit.load(str(torchscript_path))
+        runners["torchscript"] = lambda inp: tuple(ts(*inp))
+    if onnx_path is not None:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+
+        def run_onnx(inp):
+            out = sess.run(None, {n: t.numpy() for n, t in zip(names, inp)})
+            return tuple(torch.from_numpy(np.asarray(o)) for o in out)
+
+        runners["onnx"] = run_onnx
+
+    worst = {name: 0.0 for name in runners}
+    ref_in = init
+    their_in = dict.fromkeys(runners, init)
+    for t in range(steps):
+        ref_out = tuple(step(*ref_in))
+        for name, run in runners.items():
+            out = run(their_in[name])
+            for a, b in zip(ref_out, out):
+                if a.dtype.is_floating_point:
+                    worst[name] = max(worst[name], float((a - b.to(a.dtype)).abs().max()))
+                elif not torch.equal(a, b.to(a.dtype)):
+                    worst[name] = float("inf")
+            if t + 1 < steps:
+                their_in[name] = _feed_back(step, out, xs[t + 1])
+        if t + 1 < steps:
+            ref_in = _feed_back(step, ref_out, xs[t + 1])
+    return worst
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, output_dir: str | os.PathLike,
+                      ignore_index: int | str | None = "auto", opset_version: int = 18) -> dict[str, Any]:
+    """Export the network of an ``oad`` checkpoint (see :func:`export_network`).
+
+    ``ignore_index='auto'`` takes the checkpoint's dataset ignore class (THUMOS: Ambiguous).
+    """
+    from oad.checkpoint import load_network
+
+    net, info = load_network(ckpt_path)
+    data = info.get("data_info") or {}
+    if ignore_index == "auto":
+        ignore_index = data.get("ignore_index")
+    meta = {
+        "ckpt_path": str(ckpt_path),
+        "epoch": info.get("epoch"),
+        "class_names": data.get("class_names"),
+        "fps": data.get("fps"),
+        "net_config": info.get("net_config"),
+    }
+    return export_network(net, output_dir, ignore_index=None if ignore_index is None else int(ignore_index),
+                          meta=meta, opset_version=opset_version)
