@@ -201,3 +201,13 @@ def test_left_padding_matches_unpadded_sequence():
         # Without the mask the padding would change the outputs, so the check above means something.
         unmasked, _ = model.forward_dense(x)
         assert not torch.allclose(unmasked[1, -1], enc_logits[1, -1], atol=1e-4)
+
+
+def test_init_option():
+    torch.manual_seed(0)
+    ref = TRN(in_dim=32, hidden_dim=16, window=8, init="reference")
+    dflt = TRN(in_dim=32, hidden_dim=16, window=8, init="pytorch")
+    assert ref.input_linear[0].weight.std() < 0.002
+    assert dflt.input_linear[0].weight.std() > 0.05  # PyTorch's kaiming-uniform: ~1/sqrt(3*32)
+    with pytest.raises(ValueError, match="init"):
+        TRN(in_dim=32, hidden_dim=16, init="zeros")
