@@ -25,6 +25,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from oad.atomic import atomic_open
+
 log = logging.getLogger(__name__)
 
 
@@ -110,17 +112,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage (s3://, gs://): no rename there
             return super().save_checkpoint(checkpoint, path)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as f:
+            torch.save(checkpoint, f)
         _fsync_dir(path.parent)
         # temp files of processes killed while writing this checkpoint
         for stale in path.parent.glob(f".{path.name}.*.tmp"):

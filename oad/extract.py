@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from oad.atomic import TMP_SUFFIX, atomic_open, atomic_write_bytes
 from oad.video import FeatureExtractor, VideoError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ VIDEO_EXTENSIONS = (
     ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts",
 )
 MANIFEST = "manifest.json"
-TMP_SUFFIX = ".tmp"
 # Settings that must match for a run to resume into an existing output folder.
 SETTINGS_KEYS = (
     "rate", "backbone", "backbone_weights", "flow", "flow_backbone", "flow_weights", "flow_pairs",
@@ -113,25 +113,12 @@ def _settings(extractor: FeatureExtractor) -> dict[str, Any]:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        np.save(f, array)
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _remove_stale_tmp(folders: list[Path]) -> None:

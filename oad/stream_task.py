@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from oad.atomic import atomic_write_bytes
 from oad.checkpoint import load_network
 from oad.streaming import EventDetector, OnlineDetector
 
@@ -41,24 +42,13 @@ log = logging.getLogger(__name__)
 __all__ = ["check_stream_dims", "stream", "summary_lines"]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file beside ``path``, then rename (as ``oad.tasks.atomic_write_bytes``, which is not
-    imported here because ``oad.tasks`` pulls in Lightning: about 3 s more start-up for this tool)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     def default(o: Any) -> Any:
         if isinstance(o, (np.generic, np.ndarray)):
             return o.tolist()
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-    _atomic_write(path, (json.dumps(obj, indent=2, default=default) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=default) + "\n").encode())
 
 
 def _build_extractor(cfg: DictConfig, rate: float):
@@ -223,7 +213,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
     columns = ["chunk", "start_s", "end_s", *class_names]
     comment = (f"oad stream: checkpoint={ckpt} backbone={backbone or 'unknown (features file)'} "
                f"weights={weights or 'unknown (features file)'}" + (" RANDOM BACKBONE WEIGHTS" if random_weights else ""))
-    _atomic_write(out / "scores.csv", _csv_bytes(
+    atomic_write_bytes(out / "scores.csv", _csv_bytes(
         comment, columns,
         ([i, f"{s:.6g}", f"{e:.6g}", *(f"{p:.6f}" for p in r)] for i, s, e, r in zip(index, starts, ends, rows))))
     _write_json(out / "scores.json", {
