@@ -15,6 +15,15 @@ SHARED = Path(os.environ.get("OAD_SHARED", REPO.parent / "shared"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread, restoring the count afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def shared_file(*parts: str) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():

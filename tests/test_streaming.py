@@ -28,13 +28,8 @@ IN_DIM = 24
 WINDOW = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a loaded 2-core machine spin-wait and run many times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread: two OpenMP threads on a loaded 2-core machine spin-wait and run many times slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_oadtr(in_dim: int = IN_DIM) -> OadTR:

@@ -39,13 +39,8 @@ BITS = 7  # frames 0..127 carry their index
 TINY = dict(backbone="resnet18", weights="random", allow_random=True, resize=64, crop=56)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a loaded 2-core machine spin-wait and run ~20x slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread: two OpenMP threads on a loaded 2-core machine spin-wait and run many times slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def frame(i: int) -> np.ndarray:
