@@ -164,16 +164,32 @@ def _linear_gelu(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return F.gelu(F.linear(x, w, b))
 
 
-def _attention_fp32_softmax(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Attention with the products in the input dtype and the scores and softmax in float32.
+def _attention_packed_heads(qkv: Tensor, heads: int, bias: Tensor | None = None) -> Tensor:
+    """Self-attention from a fused ``(N, S, 3d)`` query/key/value product whose query part is pre-scaled.
 
-    For bf16 on the CPU: there the fused SDPA kernel is 1.4-2.4x slower than this at the encoder's
-    sizes (65 positions, head size 128; 1 to 16 streams).
+    For bf16 on the CPU. The strided per-head views of ``qkv`` make every batched matrix product copy
+    its operands (the transposed keys at a slow strided bf16 copy), and the fused SDPA kernel is slower
+    still at the encoder's sizes (65 positions, head size 128), so the heads are laid out contiguously
+    once, ``(3, N, H, S, d/H)``, and the products and the softmax run on plain tensors. The softmax of
+    bf16 scores accumulates in float32 inside the kernel. Returns ``(N, S, d)``.
     """
-    a = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)  # (N, H, S, S)
+    N, S, three_d = qkv.shape
+    d = three_d // 3
+    q, k, v = qkv.view(N, S, 3, heads, d // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+    a = torch.matmul(q, k.transpose(-1, -2))  # (N, H, S, S); q carries the 1/sqrt(d/H) scale
     if bias is not None:
-        a.add_(bias)
-    return torch.matmul(torch.softmax(a, dim=-1).to(v.dtype), v)
+        a = a + bias
+    o = torch.matmul(torch.softmax(a, dim=-1), v)  # (N, H, S, d/H)
+    return o.transpose(1, 2).reshape(N, S, d)
+
+
+def _attention_sdpa(qkv: Tensor, heads: int, bias: Tensor | None = None) -> Tensor:
+    """Self-attention from a fused ``(N, S, 3d)`` query/key/value product (unscaled) with the fused kernel."""
+    N, S, three_d = qkv.shape
+    d = three_d // 3
+    q, k, v = qkv.view(N, S, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (N, H, S, d/H) each
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return a.transpose(1, 2).reshape(N, S, d)
 
 
 class _OadTREngine:
@@ -193,8 +209,9 @@ class _OadTREngine:
         self.prepack = prepack
         self.linear = _dnn_linear if prepack else F.linear
         self.linear_gelu = _dnn_linear_gelu if prepack else _linear_gelu
-        manual = device.type == "cpu" and dtype == torch.bfloat16
-        self.enc_attention = _attention_fp32_softmax if manual else F.scaled_dot_product_attention
+        # bf16 on the CPU: contiguous heads and a query projection that carries the attention scale
+        self.packed_heads = device.type == "cpu" and dtype == torch.bfloat16
+        self.enc_attention = _attention_packed_heads if self.packed_heads else _attention_sdpa
 
         def own(t: Tensor | None) -> Tensor | None:  # a copy on the run device, in the run dtype
             return None if t is None else t.detach().to(device=device, dtype=dtype, copy=True).contiguous()
@@ -216,7 +233,7 @@ class _OadTREngine:
             self.enc = [
                 dict(
                     n1=norm(m.norm1),
-                    qkv=lin(m.attn.qkv.weight),
+                    qkv=lin(self._scaled_qkv(m.attn.qkv.weight, self.enc_heads)),
                     proj=lin(m.attn.proj.weight, m.attn.proj.bias),
                     n2=norm(m.norm2),
                     fc1=lin(m.fc1.weight, m.fc1.bias),
@@ -272,6 +289,15 @@ class _OadTREngine:
             biases = torch.zeros(pad.shape, device=device, dtype=dtype).masked_fill(pad, float("-inf"))
             self.biases = biases[:, None, None, None, :]  # (L, 1, 1, 1, L+1)
 
+    def _scaled_qkv(self, w: Tensor, heads: int) -> Tensor:
+        """The fused query/key/value weight ``(3d, d)``, its query rows times ``(d/H)^-1/2`` where the
+        attention kernel expects pre-scaled queries (scaled in float32, before any cast)."""
+        if not self.packed_heads:
+            return w
+        w = w.detach().float().clone()
+        w[: w.shape[0] // 3] *= (w.shape[1] // heads) ** -0.5
+        return w
+
     def start(self, n: int, device: torch.device, dtype: torch.dtype) -> None:
         L, d = self.L, self.d
         self.n = n
@@ -299,11 +325,7 @@ class _OadTREngine:
         torch.add(window, self.pe_window, out=x[:, :L])  # rows 0..L-1; row L is the task token
         H = self.enc_heads
         for i, p in enumerate(self.enc):
-            h = F.layer_norm(x, (d,), *p["n1"])
-            # (N, S, 3d) -> (3, N, H, S, d/H)
-            q, k, v = linear(h, *p["qkv"]).view(N, S, 3, H, d // H).permute(2, 0, 3, 1, 4).unbind(0)
-            a = self.enc_attention(q, k, v, bias)
-            a = a.transpose(1, 2).reshape(N, S, d)  # (N, H, S, d/H) -> (N, S, d)
+            a = self.enc_attention(linear(F.layer_norm(x, (d,), *p["n1"]), *p["qkv"]), H, bias)  # (N, S, d)
             # the first residual is out of place: x0 (with the token row) is reused at the next step
             x = x + linear(a, *p["proj"]) if i == 0 else x.add_(linear(a, *p["proj"]))
             x.add_(linear(linear_gelu(F.layer_norm(x, (d,), *p["n2"]), *p["fc1"]), *p["fc2"]))
