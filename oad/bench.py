@@ -92,8 +92,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN ``_linear_pointwise``: ``x (..., K)`` times a ``(N, K)`` weight, counted like ``mm``."""
+def _linear_flops(x_shape, second, third=None, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN ``_linear_pointwise``: ``x (..., K)`` times a ``(N, K)`` weight, counted like ``mm``.
+
+    Two overloads share the op: ``(x, weight, bias, ...)`` and ``.binary`` ``(x, other, weight, bias, attr)``
+    (a fused residual add, not counted); the weight is the first two-dimensional shape after ``other``.
+    """
+    binary = isinstance(third, (tuple, list)) and len(third) == 2  # the default's third is the 1-d bias
+    w_shape = third if binary else second
     return 2 * math.prod(x_shape) * w_shape[0]
 
 

@@ -160,8 +160,17 @@ def _dnn_linear_gelu(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise.default(x, w, b, "gelu", [], "none")
 
 
+def _dnn_linear_add(x: Tensor, w: Tensor, b: Tensor | None, other: Tensor) -> Tensor:
+    """``other + F.linear(x, w, b)`` (a residual connection) in one oneDNN call; a new tensor."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
+
+
 def _linear_gelu(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return F.gelu(F.linear(x, w, b))
+
+
+def _linear_add(x: Tensor, w: Tensor, b: Tensor | None, other: Tensor) -> Tensor:
+    return torch.add(other, F.linear(x, w, b))
 
 
 def _attention_packed_heads(qkv: Tensor, heads: int, bias: Tensor | None = None) -> Tensor:
@@ -209,6 +218,7 @@ class _OadTREngine:
         self.prepack = prepack
         self.linear = _dnn_linear if prepack else F.linear
         self.linear_gelu = _dnn_linear_gelu if prepack else _linear_gelu
+        self.linear_add = _dnn_linear_add if prepack else _linear_add
         # bf16 on the CPU: contiguous heads and a query projection that carries the attention scale
         self.packed_heads = device.type == "cpu" and dtype == torch.bfloat16
         self.enc_attention = _attention_packed_heads if self.packed_heads else _attention_sdpa
@@ -316,7 +326,7 @@ class _OadTREngine:
     def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
         N, L, d = self.n, self.L, self.d
         S = L + 1
-        linear, linear_gelu = self.linear, self.linear_gelu
+        linear, linear_gelu, linear_add = self.linear, self.linear_gelu, self.linear_add
         window = self.ring.push(linear(x, *self.emb))  # (N, in_dim) -> (N, d) -> (N, L, d)
         c = self.ring.count
         bias = self.biases[c - 1] if c < L else None
@@ -326,9 +336,9 @@ class _OadTREngine:
         H = self.enc_heads
         for i, p in enumerate(self.enc):
             a = self.enc_attention(linear(F.layer_norm(x, (d,), *p["n1"]), *p["qkv"]), H, bias)  # (N, S, d)
-            # the first residual is out of place: x0 (with the token row) is reused at the next step
-            x = x + linear(a, *p["proj"]) if i == 0 else x.add_(linear(a, *p["proj"]))
-            x.add_(linear(linear_gelu(F.layer_norm(x, (d,), *p["n2"]), *p["fc1"]), *p["fc2"]))
+            # residuals out of place (fused into the products): x0 (with the token row) is reused
+            x = linear_add(a, *p["proj"], x)
+            x = linear_add(linear_gelu(F.layer_norm(x, (d,), *p["n2"]), *p["fc1"]), *p["fc2"], x)
         memory = F.layer_norm(x, (d,), *self.pre_head_ln)  # (N, S, d)
 
         H, nl, Q = self.dec_heads, len(self.dec), self.Q
@@ -344,12 +354,12 @@ class _OadTREngine:
                 qs, ks, vs = linear(dec, *p["sa_qkv"]).view(N, Q, 3, H, dh).permute(2, 0, 3, 1, 4).unbind(0)
                 a = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
                 a = a.transpose(1, 2).reshape(N, Q, d)  # (N, H, Q, d/H) -> (N, Q, d)
-                x1 = F.layer_norm(dec + linear(a, *p["sa_out"]), (d,), *p["n1"])
+                x1 = F.layer_norm(linear_add(a, *p["sa_out"], dec), (d,), *p["n1"])
                 q = linear(x1, *p["ca_q"]).view(N, Q, H, dh).transpose(1, 2)  # (N, Q, d) -> (N, H, Q, d/H)
             a = F.scaled_dot_product_attention(q, kv[j, 0], kv[j, 1], attn_mask=bias)
             a = a.transpose(1, 2).reshape(N, Q, d)  # (N, H, Q, d/H) -> (N, Q, d)
-            x2 = F.layer_norm(x1 + linear(a, *p["ca_out"]), (d,), *p["n2"])
-            dec = F.layer_norm(x2.add_(linear(linear_gelu(x2, *p["ff1"]), *p["ff2"])), (d,), *p["n3"])
+            x2 = F.layer_norm(linear_add(a, *p["ca_out"], x1), (d,), *p["n2"])
+            dec = F.layer_norm(linear_add(linear_gelu(x2, *p["ff1"]), *p["ff2"], x2), (d,), *p["n3"])
         dec = F.layer_norm(dec, (d,), *self.dec_norm)
         future = linear(dec, *self.cls)  # (N, Q, C)
         logits = linear(torch.cat((memory[:, -1], dec.mean(dim=1)), dim=1), *self.head)  # (N, 2d) -> (N, C)
