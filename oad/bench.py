@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from oad.models.oadtr import OadTR
 from oad.streaming import OnlineDetector, can_prepack
 
-__all__ = ["run_bench", "format_report", "count_flops", "matmul_shapes"]
+__all__ = ["run_bench", "format_report", "count_flops", "matmul_shapes", "products_only"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,44 @@ def _primed(model: OadTR, dtype: torch.dtype, n: int, gen: torch.Generator,
     return det, torch.randn(n, model.in_dim, generator=gen)
 
 
+def products_only(det: OnlineDetector, x: torch.Tensor) -> Callable[[], Any]:
+    """The matrix products of one OadTR runner step alone: same weights, kernels, shapes and order.
+
+    No attention, norms, softmax or ring buffer (inputs are fixed random tensors of the right shapes).
+    Its time is the floor the runner's own work sets: what the step would take if everything else
+    were free -- the reference for how far the runner is from its products, and for how much faster
+    bf16 can possibly be than fp32 on this machine.
+    """
+    e = det._engine
+    N, S, Q, d = x.shape[0], e.L + 1, e.Q, e.d
+    g = torch.Generator().manual_seed(1)
+    dt = x.dtype
+    a_s = torch.randn(N, S, d, generator=g).to(dt)
+    a_q = torch.randn(N, Q, d, generator=g).to(dt)
+    pooled = torch.randn(N, 2 * d, generator=g).to(dt)
+    lin, lin_gelu, lin_add = e.linear, e.linear_gelu, e.linear_add
+
+    def run() -> None:
+        with torch.inference_mode():
+            lin(x, *e.emb)
+            for p in e.enc:
+                lin(a_s, *p["qkv"])
+                lin_add(a_s, *p["proj"], a_s)
+                lin_add(lin_gelu(a_s, *p["fc1"]), *p["fc2"], a_s)
+            lin(a_s, *e.kv)
+            for j, p in enumerate(e.dec):
+                if j:
+                    lin(a_q, *p["sa_qkv"])
+                    lin_add(a_q, *p["sa_out"], a_q)
+                    lin(a_q, *p["ca_q"])
+                lin_add(a_q, *p["ca_out"], a_q)
+                lin_add(lin_gelu(a_q, *p["ff1"]), *p["ff2"], a_q)
+            lin(a_q, *e.cls)
+            lin(pooled, *e.head)
+
+    return run
+
+
 def _stats(ts: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(ts), "min_s": min(ts), "n": len(ts)}
 
@@ -369,6 +407,10 @@ def run_bench(quick: bool = False, streams: int | None = None, threads: int | No
             det, x = _primed(model, dtype, n, gen)
             flops[f"runner/{dname}/{n}"] = count_flops(lambda det=det, x=x: det.step(x))
             fns[f"runner/{dname}/{n}"] = lambda det=det, x=x: det.step(x)
+            if n == 1:
+                prod = products_only(det, x.to(dtype))
+                flops[f"products only/{dname}/{n}"] = count_flops(prod)
+                fns[f"products only/{dname}/{n}"] = prod
             if n == 1 and can_prepack(torch.device("cpu"), dtype):
                 det_p, x_p = _primed(model, dtype, n, gen, prepack=False)
                 flops[f"runner F.linear/{dname}/{n}"] = count_flops(lambda det=det_p, x=x_p: det.step(x))
@@ -505,6 +547,15 @@ def format_report(r: dict[str, Any]) -> str:
                          f"{'met' if v['met'] else 'NOT met'}{extra}")
         else:
             lines.append(f"  {k:<28} {100 * v['value']:.1f}% target {100 * v['target']:.0f}%: {'met' if v['met'] else 'NOT met'}")
+    lat = r["latency"]
+    if "products only/fp32/1" in lat and "products only/bf16/1" in lat:
+        p32, p16 = lat["products only/fp32/1"], lat["products only/bf16/1"]
+        ceil = r["matmul"]["fp32/1"]["best"]
+        lines += ["context: the runner's matrix products alone (no attention, norms, softmax), batch 1:",
+                  f"  fp32 {p32['gflop'] / p32['median_s']:.1f} GFLOP/s = "
+                  f"{100 * p32['gflop'] / p32['median_s'] / ceil:.0f}% of the ceiling; "
+                  f"bf16 {p32['median_s'] / p16['median_s']:.2f}x faster than fp32 "
+                  f"(the most the whole step could gain from bf16 here)"]
     lines.append(f"total {r['total_s']:.0f} s")
     return "\n".join(lines)
 
