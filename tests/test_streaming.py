@@ -406,4 +406,9 @@ def test_bench_quick_runs(tmp_path):
     assert "per-step latency" in r.stdout and "acceptance" in r.stdout
     res = json.loads(out.read_text())
     assert res["latency"]["runner/fp32/1"]["gflop"] == pytest.approx(4.47, abs=0.05)
+    # the products-only floor does the step's matrix products (all but ~0.06 GFLOP of attention), no more
+    for d in ("fp32", "bf16"):
+        prod, runner = res["latency"][f"products only/{d}/1"]["gflop"], res["latency"][f"runner/{d}/1"]["gflop"]
+        assert 0.05 < runner - prod < 0.08
+    assert "context: the runner's matrix products alone" in r.stdout
     assert res["latency"]["full forward/fp32/1"]["gflop"] == pytest.approx(4.95, abs=0.05)
