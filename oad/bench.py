@@ -560,5 +560,45 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compare_with_revision(ref: str, reps: int = 80, seed: int = 0) -> str:
+    """Same-process A/B of the batch-1 runner step: ``oad/streaming.py`` at git revision ``ref`` vs now.
+
+    Both versions wrap the same paper-size OadTR (fp32 and bf16), primed with a full window, and are
+    stepped round-robin ``reps`` times, so load changes hit both alike. Returns the printed lines.
+    """
+    import importlib.util
+    import subprocess
+
+    import oad.streaming as current
+
+    repo = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(repo), "show", f"{ref}:oad/streaming.py"], capture_output=True,
+                         text=True, check=True).stdout
+    with tempfile.TemporaryDirectory(prefix="oad_ab_") as tmp:
+        path = Path(tmp) / "streaming_ref.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location("oad_streaming_ref", path)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = OadTR(in_dim=3072, num_classes=22).eval().requires_grad_(False)
+    x = torch.randn(model.window + 100, model.in_dim, generator=gen)
+    fns = {}
+    for dname, dtype in DTYPES.items():
+        for tag, mod in ((ref, old), ("current", current)):
+            det = mod.OnlineDetector(model, dtype=dtype)
+            det.prime(x[: model.window])
+            fns[(dname, tag)] = lambda det=det, i=iter(range(10**9)): det.step(x[model.window + next(i) % 100])
+    times = _round_robin(fns, reps)
+    lines = [f"A/B of the batch-1 runner step, {reps} round-robin steps each, torch threads {torch.get_num_threads()}:"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for (dname, tag), ts in times.items():
+        lines.append(f"  {dname} {tag:<12} median {1e3 * med[(dname, tag)]:7.2f} ms   fastest {1e3 * min(ts):7.2f} ms")
+    for tag in (ref, "current"):
+        lines.append(f"  bf16 speedup {tag:<12} {med[('fp32', tag)] / med[('bf16', tag)]:.3f}x (medians)")
+    return "\n".join(lines)
+
+
 def _load(v) -> str:
     return "n/a" if not v else " ".join(f"{x:.2f}" for x in v)
