@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import subprocess
+import re
 import sys
 from fractions import Fraction
 
@@ -412,3 +413,17 @@ def test_bench_quick_runs(tmp_path):
         assert 0.05 < runner - prod < 0.08
     assert "context: the runner's matrix products alone" in r.stdout
     assert res["latency"]["full forward/fp32/1"]["gflop"] == pytest.approx(4.95, abs=0.05)
+
+
+@pytest.mark.slow
+def test_bench_compare_with_revision_runs():
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: --compare-with needs the history")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "bench.py"), "--threads", "1", "--compare-with", "HEAD",
+                        "--reps", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for d in ("fp32", "bf16"):
+        for tag in ("HEAD", "current"):
+            assert re.search(rf"{d} {tag}\s+median\s+[\d.]+ ms", r.stdout), r.stdout
+    assert "bf16 speedup current" in r.stdout
