@@ -398,7 +398,7 @@ def test_cli_fails_fast_naming_the_broken_file(lstr_root, tmp_path):
 
 
 @pytest.mark.parametrize("name, layout, dims", [("thumos14", "lstr", {}), ("tvseries", "lstr", {}),
-                                                 ("hdd", "trn", {"camera/inceptionresnetv2": 6, "sensor": 8})])
+                                                 ("hdd", "trn", {"inceptionresnetv2": 6, "sensor": 8})])
 def test_dataset_configs_build_their_readers(tmp_path, name, layout, dims):
     """Each data config, with the packaged facts (no data_info file in root) and two fake videos."""
     from oad.tasks import build_datamodule
@@ -423,3 +423,64 @@ def test_dataset_configs_build_their_readers(tmp_path, name, layout, dims):
     assert dm.class_names == facts["class_names"] and dm.metric == facts.get("metric", "AP")
     assert dm.ignore_index == (None if facts["ignore_index"] < 0 else facts["ignore_index"])
     assert dm.in_dim == sum(folders.values())
+
+
+# -- feature maps (TRN's HDD camera features) ----------------------------------------------------------
+def write_hdd_trn_maps(root: Path, sessions: list[str], lengths: list[int], seed: int = 0) -> dict:
+    """TRN's HDD layout at toy size: inceptionresnetv2/ (T, 6, 2, 3) maps, sensor/ (T, 8), target/ (T,)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for folder in ("inceptionresnetv2", "sensor", "target"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for s, T in zip(sessions, lengths):
+        maps = rng.standard_normal((T, 6, 2, 3)).astype(np.float16)
+        np.save(root / "inceptionresnetv2" / f"{s}.npy", maps)
+        np.save(root / "sensor" / f"{s}.npy", rng.standard_normal((T, 8)).astype(np.float32))
+        np.save(root / "target" / f"{s}.npy", rng.integers(0, 12, T).astype(np.int64))
+        out[s] = maps
+    return out
+
+
+def test_feature_maps_are_refused_with_the_pool_command_then_pooled(tmp_path):
+    facts = packaged_info("HDD")
+    sessions = facts["sessions"]["train"][:2] + facts["sessions"]["test"][:1]
+    root = tmp_path / "hdd"
+    maps = write_hdd_trn_maps(root, sessions, [7, 600, 5])
+    splits = {"train": sessions[:2], "test": sessions[2:]}
+    streams = {"camera": "inceptionresnetv2", "sensor": "sensor"}
+
+    with pytest.raises(DataError, match=r"inceptionresnetv2/.*\.npy: features have shape \(7, 6, 2, 3\), expected "
+                                        r"\(T, d\).*prepare_data.py pool"):
+        TRNSource(root, dataset="HDD", streams=streams, split_sessions=splits).load("train")
+
+    summary = prepare.pool_maps(root / "inceptionresnetv2", root / "camera_mean", block=256)  # 600 chunks: 3 blocks
+    assert summary == {"videos": 3, "chunks": 612, "written": 3, "kept": 0, "dim": 6, "failed": []}
+    src = TRNSource(root, dataset="HDD", streams={"camera": "camera_mean", "sensor": "sensor"}, split_sessions=splits)
+    video = {v.name: v for v in src.load("train")}[sessions[1]]
+    assert [s.shape for s in video.streams] == [(600, 6), (600, 8)]
+    np.testing.assert_allclose(video.streams[0], maps[sessions[1]].astype(np.float32).mean(axis=(2, 3)), rtol=1e-6)
+    assert prepare.pool_maps(root / "inceptionresnetv2", root / "camera_mean")["kept"] == 3  # resumable
+    mx = prepare.pool_maps(root / "inceptionresnetv2", root / "camera_max", how="max")
+    assert mx["written"] == 3
+    np.testing.assert_array_equal(np.load(root / "camera_max" / f"{sessions[0]}.npy"),
+                                  maps[sessions[0]].astype(np.float32).max(axis=(2, 3)))
+
+
+def test_pool_cli_reports_bad_files_and_writes_the_others(tmp_path):
+    src = tmp_path / "maps"
+    write_hdd_trn_maps(tmp_path, ["a", "b", "c"], [4, 5, 6])
+    (tmp_path / "inceptionresnetv2").rename(src)
+    good = np.load(src / "b.npy")
+    np.save(src / "d.npy", np.ones((3, 6), np.float32))  # already vectors
+    np.save(src / "e.npy", np.ones((3, 5, 2, 2), np.float32))  # other channel count
+    (src / "c.npy").write_bytes((src / "c.npy").read_bytes()[:-20])  # truncated
+    dst = tmp_path / "pooled"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "prepare_data.py"), "pool", f"src={src}", f"dst={dst}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "3 of 5 files" in proc.stderr and "Traceback" not in proc.stderr
+    for name, problem in (("c", "cannot be read"), ("d", "shape (3, 6): expected per-chunk maps"),
+                          ("e", "5 channels, expected 6")):
+        assert f"{src / name}.npy: {problem}" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in dst.iterdir()) == ["a.npy", "b.npy"]  # no partial files
+    np.testing.assert_allclose(np.load(dst / "b.npy"), good.astype(np.float32).mean(axis=(2, 3)), rtol=1e-6)

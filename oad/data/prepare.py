@@ -8,6 +8,10 @@ layouts directly); these tools make the files other code expects:
   memory-mapped instead of unpickled whole. The input is checked by ``OadTRSource`` first. Resumable:
   files already written with the right shape are kept; every file is written to a temporary name and
   renamed, so an interrupted run never leaves a torn file.
+- ``pool_maps``: per-chunk feature maps ``(T, C, H, W)`` (TRN's HDD camera features: InceptionResNetV2's
+  last block, ``(T, 1536, 8, 8)``) -> ``(T, C)`` vectors by global average (or max) pooling, one file per
+  video, resumable, read in blocks (a session's maps need not fit in memory). The average is exactly
+  the pooled feature the network itself would output.
 - ``build_targets``: ``target_perframe/<video>.npy`` ``(T, C)`` one-hot arrays from one text file per
   class of ``video start_seconds end_seconds`` lines (THUMOS'14 ships ``<ClassName>_test.txt`` and
   ``Ambiguous_test.txt``), given each video's length.
@@ -342,11 +346,92 @@ def build_targets(
             "counts": {n: int(c) for n, c in zip(names, per_class)}}
 
 
+# -- feature maps -> vectors ---------------------------------------------------------------------------
+def pool_maps(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    how: str = "mean",
+    block: int = 256,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Pool every ``<src>/<video>.npy`` of shape ``(T, C, *spatial)`` to ``<dst>/<video>.npy`` ``(T, C)``.
+
+    Args:
+        src: folder of per-video feature maps, channel first after the time axis.
+        dst: output folder (created); point the stream at it (e.g. ``data.source.trn.streams=
+            '{camera: inceptionresnetv2_mean, sensor: sensor}'``).
+        how: ``mean`` (global average pooling) or ``max``.
+        block: chunks read at a time.
+        overwrite: rewrite outputs that already exist with the right shape (default: keep them).
+    Returns:
+        ``{'videos', 'chunks', 'written', 'kept', 'dim', 'failed': [{'file', 'problem'}]}``.
+    Raises:
+        DataError: after every readable file is done, listing the files that could not be pooled
+            (unreadable, fewer than 3 dimensions, or a channel count different from the others).
+    """
+    if how not in ("mean", "max"):
+        raise DataError(f"how={how!r}: use 'mean' or 'max'")
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise DataError(f"{src}: not a folder (the feature maps to pool)")
+    files = sorted(src.glob("*.npy"))
+    if not files:
+        raise DataError(f"{src}: no .npy files")
+    if src.resolve() == dst.resolve():
+        raise DataError(f"{dst}: the output folder must differ from the input folder")
+    block = max(1, int(block))
+    summary: dict[str, Any] = {"videos": 0, "chunks": 0, "written": 0, "kept": 0, "dim": None, "failed": []}
+
+    def fail(path: Path, problem: str) -> None:
+        log.warning("%s: %s (skipped)", path, problem)
+        summary["failed"].append({"file": str(path), "problem": problem})
+
+    for path in files:
+        try:
+            maps = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+            fail(path, f"cannot be read as a .npy array: {e}")
+            continue
+        if maps.ndim < 3:
+            fail(path, f"shape {maps.shape}: expected per-chunk maps (T, C, H, W) (already vectors?)")
+            continue
+        T, C = maps.shape[:2]
+        if summary["dim"] is None:
+            summary["dim"] = int(C)
+        elif C != summary["dim"]:
+            fail(path, f"{C} channels, expected {summary['dim']} (as in the files before it)")
+            continue
+        out = dst / path.name
+        summary["videos"] += 1
+        summary["chunks"] += int(T)
+        if not overwrite and npy_shape(out) == (T, C):
+            summary["kept"] += 1
+            continue
+        pooled = np.empty((T, C), dtype=np.float32)
+        try:
+            for i in range(0, T, block):
+                part = np.asarray(maps[i : i + block], dtype=np.float32).reshape(-1, C, int(np.prod(maps.shape[2:])))
+                pooled[i : i + block] = part.mean(axis=2) if how == "mean" else part.max(axis=2)
+        except Exception as e:  # noqa: BLE001 - a truncated file fails here, not at np.load
+            summary["videos"] -= 1
+            summary["chunks"] -= int(T)
+            fail(path, f"cannot be read: {e}")
+            continue
+        save_npy_atomic(out, pooled)
+        summary["written"] += 1
+    if summary["failed"]:
+        lines = "\n".join(f"  {f['file']}: {f['problem']}" for f in summary["failed"])
+        raise DataError(f"{len(summary['failed'])} of {len(files)} files in {src} could not be pooled "
+                        f"(the other {summary['videos']} are in {dst}):\n{lines}", [f["file"] for f in summary["failed"]])
+    return summary
+
+
 # -- command line --------------------------------------------------------------------------------------
-COMMANDS = {"oadtr_to_lstr": oadtr_to_lstr, "targets": build_targets}
+COMMANDS = {"oadtr_to_lstr": oadtr_to_lstr, "targets": build_targets, "pool": pool_maps}
 USAGE = """usage: python tools/prepare_data.py <command> key=value ...
   oadtr_to_lstr src=<OadTR folder> dst=<output folder> [dataset=THUMOS] [feature_file=...] [anno_file=...]
                 [stream_dirs='{rgb: rgb_oadtr, flow: flow_oadtr}'] [overwrite=false]
+  pool src=<folder of (T, C, H, W) maps> dst=<output folder> [how=mean|max] [block=256] [overwrite=false]
   targets annotations=<folder of <Class>_test.txt> out=<root>/target_perframe
           (lengths_from=<root>/<feature folder> | num_chunks=<json> | durations=<json or csv>)
           [dataset=THUMOS] [suffix=_test] [fps=4] [ambiguous=Ambiguous]
@@ -368,5 +453,5 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     return COMMANDS[argv[0]](**kwargs)
 
 
-__all__ = ["oadtr_to_lstr", "build_targets", "targets_from_segments", "read_segments", "read_durations",
+__all__ = ["oadtr_to_lstr", "pool_maps", "build_targets", "targets_from_segments", "read_segments", "read_durations",
            "chunk_counts_from_durations", "chunk_counts_from_features", "chunk_span", "save_npy_atomic", "main"]

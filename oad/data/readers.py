@@ -354,7 +354,12 @@ class _Reader:
             return c
         for item in raw.streams:
             a = item.array
-            if a.ndim != 2:
+            if a.ndim > 2:
+                c.problem(item.file, f"features have shape {a.shape}, expected (T, d): per-chunk feature maps "
+                                     "(T, C, H, W), like TRN's HDD camera features, are pooled to vectors first: "
+                                     "tools/prepare_data.py pool src=<their folder> dst=<new folder>, then point "
+                                     "the stream at the new folder")
+            elif a.ndim != 2:
                 c.problem(item.file, f"features have shape {a.shape}, expected (T, d)")
             elif not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
                 c.problem(item.file, f"features have dtype {a.dtype}, expected a float array")
