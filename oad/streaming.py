@@ -20,6 +20,9 @@ weights that computes the same function as ``OadTR.forward_embedded`` with less 
   cross-attention query projection do not depend on the input and are computed once.
 - The self-attention query/key/value projections of the other decoder layers are fused into one.
 - The encoder input is written into a preallocated buffer (window + positions, task token row fixed).
+- With prepacked oneDNN weights, the residual additions are fused into the products that feed them
+  (the binary-add post-op), and in bf16 on the CPU the encoder heads are laid out contiguously once,
+  with the attention scale folded into the query weights, so no batched product copies its operands.
 
 Streams: ``step`` takes ``(in_dim,)`` (one stream) or ``(N, in_dim)`` (N streams stepped together as
 one batch, all started at the same :meth:`OnlineDetector.reset`). ``bfloat16`` mode casts the copied
