@@ -5,15 +5,12 @@ averages). The fitted constants are also checked against the real labels when ..
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
-from sklearn.preprocessing import StandardScaler
 
 from oad.data import synthetic as S
+from oad.data.probe import causal_mean, linear_probe_map
 from oad.data.synthetic import THUMOS_CLASS_NAMES, make_synthetic_labels, make_synthetic_split
 
 from tests.conftest import shared_file
@@ -221,36 +218,12 @@ def test_feature_signals():
     assert abs(gap0) < 0.1
 
 
-def _causal_mean(x: np.ndarray, k: int) -> np.ndarray:
-    c = np.cumsum(x, axis=0, dtype=np.float64)
-    t = np.arange(len(x))
-    prev = np.where((t - k)[:, None] >= 0, c[np.maximum(t - k, 0)], 0.0)
-    return (c - prev) / np.minimum(t + 1, k)[:, None]
-
-
-def _linear_map(train, test, make_input) -> float:
-    """THUMOS per-frame mAP of a logistic regression on per-chunk inputs (Ambiguous dropped)."""
-    xtr = np.concatenate([make_input(v.features()) for v in train])
-    ytr = np.concatenate([v.targets.argmax(1) for v in train])
-    xte = np.concatenate([make_input(v.features()) for v in test])
-    yte = np.concatenate([v.targets.argmax(1) for v in test])
-    keep = ytr != AMB
-    scaler = StandardScaler().fit(xtr[keep])
-    clf = LogisticRegression(max_iter=200).fit(scaler.transform(xtr[keep]), ytr[keep])
-    proba = np.zeros((len(xte), 22))
-    proba[:, clf.classes_] = clf.predict_proba(scaler.transform(xte))
-    keep = yte != AMB
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        aps = [average_precision_score(yte[keep] == c, proba[keep, c]) for c in range(1, 21) if np.any(yte == c)]
-    return float(np.mean(aps))
-
-
 def test_temporal_context_pays():
     train = make_synthetic_split("train", 20, length_scale=0.3, seed=1)
     test = make_synthetic_split("test", 20, length_scale=0.3, seed=1)
-    single = _linear_map(train, test, lambda x: x)
-    context = _linear_map(train, test, lambda x: np.concatenate([x, _causal_mean(x, 4), _causal_mean(x, 16)], 1))
+    single = linear_probe_map(train, test, lambda x: x, max_iter=200)
+    context = linear_probe_map(train, test, lambda x: np.concatenate([x, causal_mean(x, 4), causal_mean(x, 16)], 1),
+                               max_iter=200)
     assert 0.05 < single < 0.35, single
     assert context - single > 0.12, (single, context)
     assert context < 0.9, context  # not saturated

@@ -22,23 +22,9 @@ import argparse
 import time
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
-from sklearn.preprocessing import StandardScaler
 
-from oad.data.synthetic import AMBIGUOUS, make_synthetic_split
-
-
-def causal_mean(x: np.ndarray, k: int | None) -> np.ndarray:
-    """Mean of the last ``k`` chunks (all past chunks when ``k`` is None) at every t, (T, d)."""
-    c = np.cumsum(x, axis=0, dtype=np.float64)
-    t = np.arange(len(x))
-    if k is None:
-        return (c / (t + 1)[:, None]).astype(np.float32)
-    lo = t - k
-    prev = np.where(lo[:, None] >= 0, c[np.maximum(lo, 0)], 0.0)
-    return ((c - prev) / np.minimum(t + 1, k)[:, None]).astype(np.float32)
-
+from oad.data.probe import causal_mean, linear_probe_map
+from oad.data.synthetic import make_synthetic_split
 
 INPUTS = {
     "single": lambda x: x,
@@ -46,27 +32,6 @@ INPUTS = {
     "multi": lambda x: np.concatenate([x, causal_mean(x, 4), causal_mean(x, 16)], axis=1),
     "multi+hist": lambda x: np.concatenate([x, causal_mean(x, 4), causal_mean(x, 16), causal_mean(x, None)], 1),
 }
-
-
-def thumos_map(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Per-frame mAP, THUMOS'14 rule: drop Ambiguous chunks, mean AP over classes 1..20 with positives."""
-    keep = labels != AMBIGUOUS
-    scores, labels = scores[keep], labels[keep]
-    aps = [average_precision_score(labels == c, scores[:, c]) for c in range(1, 21) if np.any(labels == c)]
-    return float(np.mean(aps))
-
-
-def evaluate(train, test, make_input, max_iter: int = 300) -> float:
-    xtr = np.concatenate([make_input(v.features()) for v in train])
-    ytr = np.concatenate([v.targets.argmax(1) for v in train])
-    xte = np.concatenate([make_input(v.features()) for v in test])
-    yte = np.concatenate([v.targets.argmax(1) for v in test])
-    keep = ytr != AMBIGUOUS
-    scaler = StandardScaler().fit(xtr[keep])
-    clf = LogisticRegression(max_iter=max_iter, C=1.0).fit(scaler.transform(xtr[keep]), ytr[keep])
-    proba = np.zeros((len(xte), 22))
-    proba[:, clf.classes_] = clf.predict_proba(scaler.transform(xte))
-    return thumos_map(proba, yte)
 
 
 def main() -> None:
@@ -89,7 +54,7 @@ def main() -> None:
           f"{time.time() - t0:.2f} s")
     for name in a.inputs:
         t0 = time.time()
-        m = evaluate(train, test, INPUTS[name])
+        m = linear_probe_map(train, test, INPUTS[name])
         print(f"  {name:>11s}: per-frame mAP {m:.3f}  ({time.time() - t0:.1f} s)")
 
 
