@@ -15,6 +15,8 @@ import torch
 from hydra.utils import get_class
 from torch import nn
 
+from oad.io import atomic_open
+
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` with a clear error for a missing or unreadable file."""
@@ -64,9 +66,8 @@ def save_network(path: str | os.PathLike, net: nn.Module, net_config: dict, data
         "hyper_parameters": {"net_config": dict(net_config), "data_info": dict(data_info or {})},
         "epoch": None,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        torch.save(payload, f)
 
 
 def _reference_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from oad.atomic import atomic_open
+from oad.io import atomic_open
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Export the online step of a trained network as TorchScript and ONNX, for deployment without ``oad``.
 
-The streaming runner (``oad.streaming.OnlineDetector``) keeps its state inside a Python object; an
+The streaming runner (``oad.online.OnlineDetector``) keeps its state inside a Python object; an
 exported model cannot, so the exported step is a pure function of explicit state:
 
 - OadTR, :class:`OadTRStep`: ``(buffer (N, L, d), count (N,), features (N, in_dim)) -> (scores (N, C),
@@ -8,12 +8,12 @@ exported model cannot, so the exported step is a pure function of explicit state
   last ``L`` chunks, oldest first, zeros before the stream starts; ``count`` is the number of chunks seen
   so far (int64, capped at ``L``). Start with zeros for both and feed back what the step returns. Until
   ``L`` chunks have arrived the window is left-padded and masked, exactly as the offline "all" protocol
-  (``oad.inference.score_videos``) scores the first ``L - 1`` chunks.
+  (``oad.tasks.scoring.score_videos``) scores the first ``L - 1`` chunks.
 - TRN, :class:`TRNStep`: ``(features (N, in_dim), h (N, H), c (N, H), future_input (N, in_dim)) ->
   (scores (N, C), future_scores (N, Q, C), h, c, future_input)``; the state starts at zeros.
 
 Scores are probabilities: the softmax over the classes other than the ignore class (probability 0), as
-``oad.inference.class_probabilities`` computes them. The batch dimension ``N`` (streams stepped together)
+``oad.models.base.class_probabilities`` computes them. The batch dimension ``N`` (streams stepped together)
 is dynamic in both formats. ``export_network`` writes ``step.pt`` (TorchScript, ``torch.jit.load``),
 ``step.onnx`` and ``export.json`` (input/output names and shapes, sizes, class names), and checks that
 both files reproduce the PyTorch step over a sequence of steps longer than the window.
@@ -22,7 +22,6 @@ both files reproduce the PyTorch step over a sequence of steps longer than the w
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import warnings
@@ -33,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from oad.inference import is_recurrent
+from oad.io import atomic_path, write_json
+from oad.models.base import resolve
 from oad.models.oadtr import OadTR
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,11 @@ class OadTRStep(nn.Module):
         future_scores = torch.softmax(future.float() + self.class_bias, dim=-1)
         return scores, future_scores, buffer, count
 
+    @staticmethod
+    def arrange(state: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
+        """The step's inputs in order: the state, then the chunk."""
+        return (*state, x)
+
     def init_state(self, n: int) -> tuple[Tensor, Tensor]:
         """``(buffer, count)`` before the first chunk of ``n`` streams."""
         ref = self.class_bias
@@ -124,6 +129,11 @@ class TRNStep(nn.Module):
         future_scores = torch.softmax(future.float() + self.class_bias, dim=-1)
         return scores, future_scores, h, c, future_input
 
+    @staticmethod
+    def arrange(state: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
+        """The step's inputs in order: the chunk, then the state."""
+        return (x, *state)
+
     def init_state(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """``(h, c, future_input)`` before the first chunk of ``n`` streams."""
         return tuple(self.net.init_state(n, device=self.class_bias.device, dtype=torch.float32))
@@ -133,24 +143,22 @@ class TRNStep(nn.Module):
 
 
 def step_module(net: nn.Module, ignore_index: int | None = 21) -> OadTRStep | TRNStep:
-    """The exportable step of ``net``: :class:`OadTRStep` for OadTR, :class:`TRNStep` for recurrent models."""
-    if isinstance(net, OadTR):
-        return OadTRStep(net, ignore_index)
-    if is_recurrent(net):
-        return TRNStep(net, ignore_index)
-    raise TypeError(f"no exportable step for {type(net).__name__} (OadTR and TRN are supported)")
+    """The exportable step of ``net``: the class its model names in ``export_step`` (OadTR: :class:`OadTRStep`,
+    TRN: :class:`TRNStep`)."""
+    path = getattr(net, "export_step", None)
+    if not path:
+        raise TypeError(f"no exportable step for {type(net).__name__} (its class names no 'export_step')")
+    return resolve(path)(net, ignore_index)
 
 
 def _first_inputs(step: OadTRStep | TRNStep, x: Tensor) -> tuple[Tensor, ...]:
     """Inputs of the first step of ``len(x)`` streams: the zero state and the first chunk ``x``."""
-    state = step.init_state(x.shape[0])
-    return (*state, x) if isinstance(step, OadTRStep) else (x, *state)
+    return step.arrange(step.init_state(x.shape[0]), x)
 
 
 def _feed_back(step: OadTRStep | TRNStep, outputs: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
     """Inputs of the next step: the state returned by this one and the next chunk ``x``."""
-    state = tuple(outputs[2:])
-    return (*state, x) if isinstance(step, OadTRStep) else (x, *state)
+    return step.arrange(tuple(outputs[2:]), x)
 
 
 def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: int | None = 21,
@@ -179,14 +187,16 @@ def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: 
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(step, example, check_trace=False)
     ts_path = output_dir / "step.pt"
-    _atomic(ts_path, lambda p: torch.jit.save(traced, str(p)))
+    with atomic_path(ts_path) as p:
+        torch.jit.save(traced, str(p))
 
     onnx_path = output_dir / "step.onnx"
     batch = torch.export.Dim("N")
-    _atomic(onnx_path, lambda p: torch.onnx.export(
-        step, example, str(p), input_names=list(step.input_names), output_names=list(step.output_names),
-        dynamic_shapes=tuple({0: batch} for _ in example), opset_version=opset_version, dynamo=True,
-        external_data=False, verbose=False))
+    with atomic_path(onnx_path) as p:
+        torch.onnx.export(
+            step, example, str(p), input_names=list(step.input_names), output_names=list(step.output_names),
+            dynamic_shapes=tuple({0: batch} for _ in example), opset_version=opset_version, dynamo=True,
+            external_data=False, verbose=False)
 
     with torch.no_grad():
         example_out = step(*example)
@@ -212,22 +222,12 @@ def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: 
     if steps:
         manifest["max_abs_diff"] = check_exported(step, ts_path, onnx_path, steps=steps)
         log.info("export parity over %d steps: %s", steps, manifest["max_abs_diff"])
-    (output_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(output_dir / "export.json", manifest)
     return manifest
 
 
 def _describe(t: Tensor) -> dict[str, Any]:
     return {"shape": ["N", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
-
-
-def _atomic(path: Path, write) -> None:
-    """Let ``write(tmp)`` produce the file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Evaluation metrics of online action detection: the single definition of every number the project reports.
 
 Plain numpy functions over per-chunk arrays, following the protocols of TRN (Xu et al., ICCV 2019), OadTR
-(Wang et al., ICCV 2021) and LSTR (Xu et al., NeurIPS 2021); see ``shared/spec/protocol.md``.
+(Wang et al., ICCV 2021) and LSTR (Xu et al., NeurIPS 2021); see ``docs/protocol.md``.
 
 * :func:`average_precision` / :func:`perframe_map`: per-frame (per-chunk) AP and mAP, the THUMOS'14 and HDD
   headline number. Identical to ``sklearn.metrics.average_precision_score`` (tied scores form one threshold),
@@ -605,10 +605,14 @@ def select_protocol(num_chunks_T: int, protocol: str = "all", window: int = 64, 
     """Indices of the chunks of one video that a protocol scores.
 
     * ``"all"`` (TRN, LSTR; the honest one): every chunk ``0..T-1``; early chunks see a short/padded history.
-    * ``"windows"`` (OadTR reference): only chunks ``t`` with a full window behind them and ``num_queries``
-      chunks after them, ``window - 1 <= t`` and ``t + num_queries < T``, i.e. it skips the first
-      ``window - 1`` and the last ``num_queries`` chunks (206,375 of the 225,222 THUMOS'14 test chunks for
-      window 64, Q 8). Empty when ``T < window + num_queries``.
+    * ``"windows"`` (OadTR reference): exactly the chunks the reference test loop scores. It takes the
+      windows ``[end - L, end)`` for ``end in range(L, T - Q)`` and scores the window's last chunk
+      ``end - 1``, so ``t = L - 1 .. T - Q - 2``: ``T - L - Q`` chunks of a video of ``T`` chunks (none
+      when ``T <= L + Q``); it skips the first ``L - 1`` and the last ``Q + 1`` chunks. On THUMOS'14 test
+      (213 videos, 225,222 chunks, every video longer than 72 chunks) with ``L = 64``, ``Q = 8`` that is
+      225,222 - 213 x 72 = 209,886 chunks, before the Ambiguous ones are dropped. The chunk set depends
+      on ``L`` and ``Q``, so "windows" figures of models with different windows are not comparable:
+      every report names the window, and ``eval.window`` fixes one for all models.
 
     Args:
         num_chunks_T: number of chunks ``T`` of the video.
@@ -627,7 +631,7 @@ def select_protocol(num_chunks_T: int, protocol: str = "all", window: int = 64, 
     if protocol == "windows":
         if window < 1 or num_queries < 0:
             raise ValueError(f"windows protocol needs window >= 1 and num_queries >= 0, got {window}, {num_queries}")
-        return np.arange(window - 1, max(T - num_queries, window - 1), dtype=np.int64)
+        return np.arange(window - 1, max(T - num_queries - 1, window - 1), dtype=np.int64)  # end - 1, end in range(L, T - Q)
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 

@@ -1,16 +1,16 @@
-"""Shared fixtures: the reference material in ../shared (skipped when absent), Hydra composition of
-the real configs with CPU-only, tiny settings and outputs under tmp_path."""
+"""Shared fixtures: the project's own test data (``tests/fixtures``: reference cases, real THUMOS'14
+label arrays, split files), Hydra composition of the real configs with CPU-only, tiny settings and
+outputs under tmp_path."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("OAD_SHARED", REPO.parent / "shared"))
+FIXTURES = REPO / "tests" / "fixtures"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -24,10 +24,11 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-def shared_file(*parts: str) -> Path:
-    p = SHARED.joinpath(*parts)
+def fixture_file(*parts: str) -> Path:
+    """A file of ``tests/fixtures`` (shipped with the repository: a missing one is an error, not a skip)."""
+    p = FIXTURES.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"reference material {p} is not available")
+        raise FileNotFoundError(f"test fixture {p.relative_to(REPO)} is missing from the repository")
     return p
 
 
@@ -35,7 +36,7 @@ def shared_file(*parts: str) -> Path:
 def thumos_val_labels() -> dict:
     import numpy as np
 
-    with np.load(shared_file("data", "thumos14_val_labels.npz")) as z:
+    with np.load(REPO / "datasets" / "thumos14" / "thumos14_val_labels.npz") as z:
         return {k: z[k] for k in z.files}
 
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from oad.checkpoint import convert_reference_checkpoint, load_network
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, fixture_file
 
 
 @pytest.mark.parametrize("case,kind", [("oadtr_small.pt", "OadTR"), ("trn_small.pt", "TRN")])
 def test_convert_reference_case(tmp_path, case, kind):
-    ref = torch.load(shared_file("data", "reference_cases", case), weights_only=False)
+    ref = torch.load(fixture_file("reference_cases", case), weights_only=False)
     src = tmp_path / "ref.pth"
     # the reference code saves {'model': state_dict, ...} (OadTR) / {'model_state_dict': ...} (TRN)
     torch.save({"model" if kind == "OadTR" else "model_state_dict": ref["state_dict"], "epoch": 3}, src)
@@ -36,7 +36,7 @@ def test_convert_reference_case(tmp_path, case, kind):
 
 
 def test_convert_tool_cli_and_bad_input(tmp_path):
-    ref = torch.load(shared_file("data", "reference_cases", "oadtr_small.pt"), weights_only=False)
+    ref = torch.load(fixture_file("reference_cases", "oadtr_small.pt"), weights_only=False)
     src = tmp_path / "ref.pth"
     torch.save({"model": ref["state_dict"]}, src)
     out = subprocess.run([sys.executable, str(REPO / "tools" / "convert_reference_checkpoint.py"), str(src),

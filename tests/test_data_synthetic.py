@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from oad.data import synthetic as S
-from oad.data.probe import causal_mean, linear_probe_map
+from oad.bench.probe import causal_mean, linear_probe_map
 from oad.data.synthetic import THUMOS_CLASS_NAMES, make_synthetic_labels, make_synthetic_split
 
-from tests.conftest import shared_file
+from tests.conftest import fixture_file
 
 AMB = 21
 
@@ -42,7 +42,7 @@ def test_class_names():
 
 
 def test_class_names_match_lstr_data_info():
-    info = json.loads(shared_file("data", "lstr_data_info.json").read_text())
+    info = json.loads(fixture_file("lstr_data_info.json").read_text())
     assert list(THUMOS_CLASS_NAMES) == info["THUMOS"]["class_names"]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from oad.data.base import Video
 from oad.data.windows import WindowDataset, future_targets
-from oad.inference import score_videos
+from oad.tasks.scoring import score_videos
 
 
 def videos_from_labels(labels: dict, n: int = 6, dim: int = 5, max_len: int | None = None) -> list[Video]:
@@ -51,6 +51,20 @@ def test_window_target_alignment_on_real_labels(thumos_val_labels):
                 assert fut[j].argmax() == lab[t + 1 + j]
             else:
                 assert fut[j].sum() == 0
+
+
+def test_ambiguous_rule_for_soft_and_multi_label_targets():
+    """A window is dropped exactly when its current target's Ambiguous entry is 1 (the reference's rule)."""
+    T = 5
+    targets = np.zeros((T, 22), dtype=np.float32)
+    targets[0, 0] = 1.0  # background: kept
+    targets[1, [3, 21]] = 1.0  # multi-label with Ambiguous 1: dropped
+    targets[2, [3, 21]] = 0.5  # soft, Ambiguous 0.5: kept
+    targets[3, 21] = 1.0  # Ambiguous: dropped
+    targets[4, 3] = 1.0  # action: kept
+    v = Video("v", (np.zeros((T, 2), np.float32),), targets)
+    ds = WindowDataset([v], 4, 2, ignore_index=21, drop_ignored=True)
+    assert sorted(int(ds[i]["end"]) - 1 for i in range(len(ds))) == [0, 2, 4]
 
 
 def test_ambiguous_windows_kept_for_evaluation(thumos_val_labels):
@@ -107,7 +121,11 @@ def test_whole_video_scoring_equals_windowed_forward():
     v = Video("v", (np.random.default_rng(0).normal(size=(T, 6)).astype(np.float32),),
               np.eye(22, dtype=np.float32)[np.zeros(T, int)])
     ds = WindowDataset([v], 8, 3, drop_ignored=False)
-    (logits, future), = score_videos(model, [torch.from_numpy(v.features())], batch_size=5)
+    (logits, future), = score_videos(model, [torch.from_numpy(v.features())])
+    # batches of 5 windows: the padded (masked) and the full windows meet inside a batch
+    logits5, future5 = model.forward_video(torch.from_numpy(v.features()), batch_size=5)
+    torch.testing.assert_close(logits5, logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(future5, future, atol=1e-6, rtol=1e-6)
     assert logits.shape == (T, 22) and future.shape == (T, 3, 22)
     with torch.no_grad():
         for k in range(T):

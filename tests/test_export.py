@@ -12,7 +12,7 @@ import torch
 
 from oad.checkpoint import save_network
 from oad.export import OadTRStep, TRNStep, export_checkpoint, export_network, step_module
-from oad.inference import class_probabilities, score_videos
+from oad.tasks.scoring import class_probabilities, score_videos
 from oad.models.oadtr import OadTR
 from oad.models.trn import TRN
 

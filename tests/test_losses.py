@@ -53,3 +53,23 @@ def test_all_rows_invalid_gives_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_ambiguous_rule_for_soft_and_multi_label_rows():
+    """Left out exactly when the Ambiguous entry is 1 (the reference's rule), whatever the other entries."""
+    logits = torch.randn(4, 4, requires_grad=True)
+    target = torch.tensor(
+        [
+            [0.0, 1.0, 0.0, 0.0],  # plain label: kept
+            [0.0, 1.0, 0.0, 1.0],  # multi-label with Ambiguous 1: left out
+            [0.0, 0.5, 0.0, 0.5],  # soft, Ambiguous 0.5: kept (mass 0.5 on class 1)
+            [0.0, 0.0, 0.0, 1.0],  # Ambiguous: left out
+        ]
+    )
+    got = soft_cross_entropy(logits, target, ignore_index=3)
+    logp = torch.log_softmax(logits[:, :3], dim=1)
+    expected = (-logp[0, 1] - 0.5 * logp[2, 1]) / 2
+    torch.testing.assert_close(got, expected)
+    got.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[3].abs().sum() == 0
+    assert logits.grad[2].abs().sum() > 0

@@ -361,14 +361,41 @@ def test_smooth_max_matches_loop(T):
 
 def test_select_protocol_windows_rule():
     idx = M.select_protocol(100, "windows", window=64, num_queries=8)
-    # The reference skips the first L - 1 = 63 chunks and the last Q = 8 chunks (92..99).
-    np.testing.assert_array_equal(idx, np.arange(63, 92))
-    assert len(idx) == 100 - 63 - 8
+    # The reference loop: end in range(L, T - Q) = 64..91, scoring chunk end - 1 = 63..90.
+    np.testing.assert_array_equal(idx, np.array([end - 1 for end in range(64, 100 - 8)]))
+    assert len(idx) == 100 - 64 - 8
     np.testing.assert_array_equal(M.select_protocol(100, "all"), np.arange(100))
-    assert M.select_protocol(70, "windows", 64, 8).size == 0
-    assert M.select_protocol(72, "windows", 64, 8).tolist() == [63]
+    assert M.select_protocol(72, "windows", 64, 8).size == 0
+    assert M.select_protocol(73, "windows", 64, 8).tolist() == [63]
     with pytest.raises(ValueError, match="unknown protocol"):
         M.select_protocol(10, "sliding")
+
+
+def test_windows_protocol_is_the_reference_loop_on_thumos_val_labels(thumos_val_labels):
+    """The reference OadTR test loop, written out, on the real THUMOS'14 labels: same chunks, same mAP."""
+    from sklearn.metrics import average_precision_score
+
+    L, Q, amb = 64, 8, 21
+    rng = np.random.default_rng(0)
+    scores_by, targets_by, ref_scores, ref_labels, ref_count = {}, {}, [], [], 0
+    for name in sorted(thumos_val_labels):
+        labels = thumos_val_labels[name].astype(np.int64)
+        T = len(labels)
+        onehot = np.eye(22, dtype=np.float32)[labels]
+        scores = rng.random((T, 22)).astype(np.float32)
+        scores_by[name], targets_by[name] = scores, onehot
+        for end in range(L, T - Q):  # the reference: windows [end - L, end), the current chunk end - 1
+            ref_count += 1
+            if labels[end - 1] != amb:
+                ref_scores.append(scores[end - 1])
+                ref_labels.append(onehot[end - 1])
+    ref_scores, ref_labels = np.stack(ref_scores), np.stack(ref_labels)
+    aps = [average_precision_score(ref_labels[:, c], ref_scores[:, c]) for c in range(1, 21) if ref_labels[:, c].any()]
+    rep = M.evaluate_predictions(scores_by, targets_by, protocol="windows", window=L, num_queries=Q, ignore_index=amb)
+    assert rep["num_chunks_scored"] == ref_count  # chunks of the protocol, before Ambiguous ones are removed
+    assert ref_count == sum(max(0, len(v) - L - Q) for v in thumos_val_labels.values())
+    assert rep["window"] == L and rep["num_queries"] == Q
+    assert abs(rep["mAP"] - float(np.mean(aps))) < 1e-9
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,7 +429,7 @@ def test_evaluate_predictions_windows_postprocess_and_anticipation():
     json.dumps(rep, allow_nan=False)
     assert rep["postprocess"] == ["switch", "smooth"] and rep["protocol"] == "windows"
     smoothed = M.smooth_max({k: M.switch_cliffdiving(v) for k, v in scores_by.items()})
-    sel = {k: np.arange(15, len(v) - 3) for k, v in targets_by.items()}
+    sel = {k: np.arange(15, len(v) - 3 - 1) for k, v in targets_by.items()}  # end - 1, end in range(L, T - Q)
     scores = np.concatenate([smoothed[k][sel[k]] for k in sorted(sel)])
     targets = np.concatenate([targets_by[k][sel[k]] for k in sorted(sel)])
     assert rep["num_chunks_scored"] == len(scores)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from oad.models.oadtr import OadTR, count_parameters
-from tests.conftest import shared_file
+from tests.conftest import fixture_file
 
 
 def reference_forward(sd: dict, x: torch.Tensor, heads: int, dec_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +112,7 @@ def reference_state_dict(in_dim, d=1024, L=64, Q=8, C=22, enc=3, mlp=1024, dec=5
 
 
 def test_reference_small_case_from_shared():
-    case = torch.load(shared_file("data", "reference_cases", "oadtr_small.pt"), weights_only=False)
+    case = torch.load(fixture_file("reference_cases", "oadtr_small.pt"), weights_only=False)
     cfg = case["config"]
     model = OadTR.from_reference(case["state_dict"], num_heads=cfg["num_heads"], decoder_heads=cfg["decoder_heads"])
     assert model.window == cfg["window"] and model.in_dim == cfg["rgb_dim"] + cfg["flow_dim"]
@@ -125,7 +125,7 @@ def test_reference_small_case_from_shared():
 
 def test_independent_reference_forward_matches_shared_case():
     # The functional re-implementation used for the paper-size check is itself checked here.
-    case = torch.load(shared_file("data", "reference_cases", "oadtr_small.pt"), weights_only=False)
+    case = torch.load(fixture_file("reference_cases", "oadtr_small.pt"), weights_only=False)
     logits, future = reference_forward(case["state_dict"], case["input"], 8, 4)
     torch.testing.assert_close(logits, case["logits"], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(future, case["future_logits"], atol=2e-5, rtol=1e-4)

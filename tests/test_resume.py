@@ -140,7 +140,7 @@ def test_failed_evaluation_leaves_earlier_results_intact(failure, tmp_path, monk
         def broken_plots(*args, **kwargs):
             raise ValueError("plotting failed")
 
-        monkeypatch.setattr("oad.tasks.make_plots", broken_plots)
+        monkeypatch.setattr("oad.tasks.evaluation.make_plots", broken_plots)
         bad = ["plot=true"]
     with pytest.raises(ValueError):
         evaluate(compose_cfg("eval", [*base, *bad, f"output={out / 'metrics.json'}"], out))

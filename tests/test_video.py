@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from oad.extract import MANIFEST, extract, extract_folder
+from oad.video.extract import MANIFEST, extract, extract_folder
 from oad.video import (
     FeatureExtractor,
     VideoError,

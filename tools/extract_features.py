@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="extract")
 def main(cfg: DictConfig) -> None:
-    from oad.extract import extract
+    from oad.video.extract import extract
 
     summary = extract(cfg)
     for name, error in summary.failed.items():

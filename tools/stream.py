@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="stream")
 def main(cfg: DictConfig) -> None:
-    from oad.stream_task import stream, summary_lines
+    from oad.tasks.streaming import stream, summary_lines
 
     try:
         result = stream(cfg)

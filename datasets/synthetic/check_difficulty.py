@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from oad.data.probe import causal_mean, linear_probe_map
+from oad.bench.probe import causal_mean, linear_probe_map
 from oad.data.synthetic import make_synthetic_split
 
 INPUTS = {

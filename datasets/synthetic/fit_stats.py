@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT = Path("/work/shared/data/thumos14_val_labels.npz")
+DEFAULT = Path(__file__).resolve().parents[1] / "thumos14" / "thumos14_val_labels.npz"
 ACTIONS = range(1, 21)
 
 

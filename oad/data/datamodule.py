@@ -1,4 +1,7 @@
-"""LightningDataModule over any ``Source``: training windows, whole videos for validation and test.
+"""LightningDataModule over any ``Source``: training samples, whole videos for validation and test.
+
+The training samples are the model's (its ``samples`` function, :mod:`oad.data.samples`), handed in
+as ``samples``; the data module knows nothing about models.
 
 Under DDP the training windows get Lightning's ``DistributedSampler``; the whole videos are split across
 the processes by :class:`oad.distributed.VideoShardSampler` (each video once, balanced by length).
@@ -7,14 +10,15 @@ the processes by :class:`oad.distributed.VideoShardSampler` (each video once, ba
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from oad.data.base import Video, stream_dims
 from oad.data.sources import Source
-from oad.data.windows import VideoDataset, WindowDataset, collate_videos
+from oad.data.windows import VideoDataset, collate_videos
 from oad.distributed import VideoBatches, VideoShardSampler
 
 log = logging.getLogger(__name__)
@@ -25,15 +29,14 @@ class OadDataModule(L.LightningDataModule):
 
     Args:
         source: where the videos come from (``SyntheticSource``, a reader of a public layout, ...).
-        window: window length ``L`` (the model's).
-        num_queries: future steps ``Q`` (the model's).
-        future_offset: future step ``j`` targets chunk ``t + future_offset + j`` (set from the model).
-        dense: dense (TRN) supervision (set from the model).
-        batch_size: training windows per batch.
+        samples: builds the training dataset from the training videos,
+            ``samples(videos, ignore_index=..., seed=...)`` (the model's, bound to its config by
+            ``oad.tasks.common.build_datamodule``); None for evaluation only.
+        batch_size: training samples per batch.
         num_workers: loader workers.
         train_split, val_split, test_split: split names given to ``source.load``. THUMOS has no
             validation split; like the reference code, ``val_split: test`` monitors the test videos.
-        seed: seed of the dense-mode window offsets.
+        seed: seed of the samples' random offsets.
         root, layout: accepted and ignored. The data configs of the public datasets
             (``configs/data/thumos14.yaml``, ...) keep the two values users type, ``data.root=<dir>`` and
             ``data.layout=<oadtr|lstr|trn>``, at this level and hand them to the source by interpolation.
@@ -42,10 +45,7 @@ class OadDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: Source,
-        window: int = 64,
-        num_queries: int = 8,
-        future_offset: int = 1,
-        dense: bool = False,
+        samples: Callable[..., Dataset] | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
         train_split: str = "train",
@@ -57,12 +57,12 @@ class OadDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.source = source
-        self.window, self.num_queries, self.future_offset, self.dense = window, num_queries, future_offset, dense
+        self.samples = samples
         self.batch_size, self.num_workers = batch_size, num_workers
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.seed = seed
         self._videos: dict[str, list[Video]] = {}
-        self.train_set: WindowDataset | None = None
+        self.train_set: Dataset | None = None
 
     # -- facts -----------------------------------------------------------------------------------------
     @property
@@ -111,18 +111,11 @@ class OadDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             train = self.videos("train")
-            self.train_set = WindowDataset(
-                train,
-                self.window,
-                self.num_queries,
-                future_offset=self.future_offset,
-                dense=self.dense,
-                ignore_index=self.ignore_index,
-                drop_ignored=True,
-                seed=self.seed,
-            )
+            if self.samples is None:
+                raise ValueError("the data module was built without a training-sample function (evaluation only)")
+            self.train_set = self.samples(train, ignore_index=self.ignore_index, seed=self.seed)
             log.info(
-                "train: %d videos, %d chunks, %d windows", len(train),
+                "train: %d videos, %d chunks, %d samples", len(train),
                 int(np.sum([v.num_chunks for v in train])), len(self.train_set),
             )
             self.videos("val")
@@ -132,7 +125,7 @@ class OadDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        if self.dense and self.trainer is not None:
+        if hasattr(self.train_set, "set_epoch") and self.trainer is not None:
             self.train_set.set_epoch(self.trainer.current_epoch)
         return DataLoader(
             self.train_set,

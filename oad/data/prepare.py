@@ -16,7 +16,7 @@ layouts directly); these tools make the files other code expects:
   class of ``video start_seconds end_seconds`` lines (THUMOS'14 ships ``<ClassName>_test.txt`` and
   ``Ambiguous_test.txt``), given each video's length.
 
-The chunk rule (LSTR's; ``/work/shared/spec/protocol.md``): chunk ``i`` covers ``[i / fps, (i + 1) / fps)``
+The chunk rule (LSTR's; ``docs/protocol.md``): chunk ``i`` covers ``[i / fps, (i + 1) / fps)``
 seconds, and an action ``[s, e]`` labels chunks ``floor(s * fps) .. ceil(e * fps) - 1`` (clipped to the
 video; a 1e-6 slack absorbs float error, so ``s = 2.5`` at 4 fps starts exactly at chunk 10). One label
 per chunk, by precedence:
@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from oad.data.readers import NO_IGNORE, DataError, OadTRSource, packaged_info
+from oad.io import save_npy, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +55,6 @@ _EPS = 1e-6
 
 
 # -- files ---------------------------------------------------------------------------------------------
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def npy_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
     """Shape of a readable ``.npy`` file (header only), or None when absent or unreadable."""
     try:
@@ -130,7 +111,7 @@ def oadtr_to_lstr(
                 if not overwrite and npy_shape(path) == a.shape:
                     kept += 1
                     continue
-                save_npy_atomic(path, a)
+                save_npy(path, a)
                 written += 1
         summary["splits"][split] = {"videos": len(videos), "chunks": int(sum(v.num_chunks for v in videos)),
                                     "written": written, "kept": kept}
@@ -151,7 +132,7 @@ def oadtr_to_lstr(
         "converted_from": f"OadTR release ({source.root})",
     }
     info[dataset] = section
-    write_json_atomic(info_path, info)  # last: a data_info.json means the conversion finished
+    write_json(info_path, info)  # last: a data_info.json means the conversion finished
     summary["data_info"] = str(info_path)
     return summary
 
@@ -339,7 +320,7 @@ def build_targets(
         if not overwrite and npy_shape(path) == t.shape:
             kept += 1
             continue
-        save_npy_atomic(path, t)
+        save_npy(path, t)
         written += 1
     per_class = np.sum([t.sum(0) for t in targets.values()], axis=0) if targets else np.zeros(len(names))
     return {"videos": len(targets), "chunks": int(sum(counts.values())), "written": written, "kept": kept,
@@ -417,7 +398,7 @@ def pool_maps(
             summary["chunks"] -= int(T)
             fail(path, f"cannot be read: {e}")
             continue
-        save_npy_atomic(out, pooled)
+        save_npy(out, pooled)
         summary["written"] += 1
     if summary["failed"]:
         lines = "\n".join(f"  {f['file']}: {f['problem']}" for f in summary["failed"])
@@ -454,4 +435,4 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
 
 __all__ = ["oadtr_to_lstr", "pool_maps", "build_targets", "targets_from_segments", "read_segments", "read_durations",
-           "chunk_counts_from_durations", "chunk_counts_from_features", "chunk_span", "save_npy_atomic", "main"]
+           "chunk_counts_from_durations", "chunk_counts_from_features", "chunk_span", "main"]

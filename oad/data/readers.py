@@ -1,7 +1,7 @@
 """Readers of the public per-chunk feature layouts: the feature files researchers already have, read
 as they are, checked before any training step.
 
-Three layouts (``/work/shared/spec/protocol.md`` and the dataset READMEs in ``datasets/``):
+Three layouts (``docs/protocol.md`` and the dataset READMEs in ``datasets/``):
 
 - ``OadTRSource`` - the OadTR release (Wang et al., ICCV 2021): one pickle of features per split,
   ``{session: {'rgb': (T, 2048), 'flow': (T, 1024)}}``, one of targets, ``{session: {'anno': (T, C),
@@ -153,6 +153,19 @@ def _select_streams(streams: Any, default: Mapping[str, str], allow_new: bool = 
     if not picked:
         raise DataError("no feature stream selected")
     return picked
+
+
+# Stream folders (LSTR, TRN layouts) or pickle keys (OadTR layout) that the public releases ship, per
+# layout and dataset section: the names an experiment file may give (tests/test_configs.py checks them).
+RELEASED_STREAMS: dict[str, dict[str, set[str]]] = {
+    "lstr": {
+        "THUMOS": {"rgb_kinetics_resnet50", "flow_kinetics_bninception", "rgb_anet_resnet50", "flow_anet_resnet50"},
+        "TVSeries": {"rgb_kinetics_resnet50", "flow_kinetics_bninception", "rgb_anet_resnet50", "flow_anet_resnet50"},
+    },
+    "oadtr": {"THUMOS": {"rgb", "flow"}, "TVSeries": {"rgb", "flow"}, "HDD": {"camera", "sensor"}},
+    "trn": {"THUMOS": {"resnet200-fc", "bn_inception"}, "TVSeries": {"resnet200-fc", "bn_inception"},
+            "HDD": {"inceptionresnetv2", "sensor"}},
+}
 
 
 # -- the checked reading shared by all layouts -------------------------------------------------------

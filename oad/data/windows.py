@@ -9,8 +9,9 @@ and scored too.
 Two supervision modes:
 
 - ``dense=False`` (OadTR): one window per chunk (stride 1); target = label of the last chunk, future
-  targets = labels of the next ``Q`` chunks (``t + future_offset + j``). Windows whose current label is
-  the ignore class (Ambiguous) are dropped, as in the reference.
+  targets = labels of the next ``Q`` chunks (``t + future_offset + j``). Windows whose current target
+  has an ignore-class (Ambiguous) entry of exactly 1 are dropped, the reference's rule, also for soft
+  or multi-label targets (a soft Ambiguous entry below 1 keeps the window).
 - ``dense=True`` (TRN): non-overlapping windows with a random per-video offset redrawn each epoch
   (``set_epoch``); every step of the window is supervised, with its own ``Q`` future targets. The
   window count per video is fixed (the last window is clipped to the video's end and may repeat).
@@ -75,7 +76,9 @@ class WindowDataset(Dataset):
         dense: TRN-style dense supervision (see module docstring).
         ignore_index: class whose current-chunk windows are dropped (non-dense mode), or None.
         drop_ignored: drop windows whose current label is ``ignore_index`` (training).
-        seed: seed of the per-epoch random offsets (dense mode).
+        seed: seed of the per-epoch random offsets (dense mode, and ``stride > 1``).
+        stride: non-dense mode: a window ends every ``stride`` chunks, from a random offset in
+            ``0..stride-1`` per video redrawn every epoch (``set_epoch``); 1: at every chunk.
     """
 
     def __init__(
@@ -88,9 +91,13 @@ class WindowDataset(Dataset):
         ignore_index: int | None = 21,
         drop_ignored: bool = True,
         seed: int = 0,
+        stride: int = 1,
     ):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride = stride
         self.videos = videos
         self.window, self.num_queries, self.future_offset = window, num_queries, future_offset
         self.dense, self.ignore_index, self.drop_ignored, self.seed = dense, ignore_index, drop_ignored, seed
@@ -111,9 +118,11 @@ class WindowDataset(Dataset):
                 count = -(-(T - 1) // self.window) + 1
                 ends = np.minimum(offset + self.window * np.arange(count), T)
             else:
-                ends = np.arange(1, T + 1)
+                first = int(rng.integers(0, self.stride)) if self.stride > 1 else 0
+                ends = np.arange(first + 1, T + 1, self.stride)
                 if self.drop_ignored and self.ignore_index is not None:
-                    ends = ends[v.targets[:, self.ignore_index] <= 0]
+                    # the reference's rule: left out when the Ambiguous entry is 1 (soft/multi-label too)
+                    ends = ends[v.targets[:, self.ignore_index] != 1]
             pairs.append(np.stack([np.full(len(ends), vi), ends], axis=1))
         self.index = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), np.int64)
 

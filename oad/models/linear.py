@@ -7,10 +7,13 @@ OadTR (``forward(x) -> (logits, future_logits)``).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from oad.models.base import OnlineModel, score_windows
 
-class ChunkLinear(nn.Module):
+
+class ChunkLinear(OnlineModel):
     """Linear classifier on the newest chunk of the window.
 
     Args:
@@ -20,7 +23,8 @@ class ChunkLinear(nn.Module):
         num_queries: number of future chunks scored (from the same chunk).
     """
 
-    dense_supervision = False
+    samples = "oad.data.samples:last_chunk_windows"
+    online_step = "oad.online.window:WindowStep"
     future_offset = 1
 
     def __init__(self, *, in_dim: int, num_classes: int = 22, window: int = 1, num_queries: int = 8):
@@ -40,3 +44,10 @@ class ChunkLinear(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x (B, L, in_dim)`` -> ``logits (B, C)``, ``future_logits (B, Q, C)``."""
         return self.forward_embedded(x, mask)
+
+    def training_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self(batch["features"], batch["mask"])
+
+    @torch.no_grad()
+    def forward_video(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return score_windows(self, features)

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from oad.models.base import OnlineModel, count_parameters, has_padding, score_windows
+
 
 def _key_padding_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """(B, S) bool valid-mask -> additive attention bias (B, 1, 1, S): 0 where valid, -inf where padded."""
@@ -128,7 +130,7 @@ class DecoderLayer(nn.Module):
         return self.norm3(x + y)
 
 
-class OadTR(nn.Module):
+class OadTR(OnlineModel):
     """OadTR encoder-decoder for online action detection.
 
     Args:
@@ -150,7 +152,9 @@ class OadTR(nn.Module):
             backward pass instead of keeping them (memory for long windows, for about one more forward).
     """
 
-    dense_supervision = False  # trained on the last chunk of each window
+    samples = "oad.data.samples:last_chunk_windows"  # trained on the last chunk of each window
+    online_step = "oad.online.oadtr:OadTRStep"
+    export_step = "oad.export:OadTRStep"
     future_offset = 1  # future query j (0-based) predicts chunk t + 1 + j
 
     def __init__(
@@ -231,7 +235,7 @@ class OadTR(nn.Module):
         x = self.pe_dropout(x + self.pos_embedding(pos))
 
         bias = None
-        if mask is not None:
+        if has_padding(mask):  # no attention mask at all when no position of the batch is padded
             valid = torch.cat((mask.bool(), mask.new_ones(B, 1, dtype=torch.bool)), dim=1)  # (B, L+1)
             bias = _key_padding_bias(valid, x.dtype)
         for layer in self.encoder:
@@ -265,6 +269,14 @@ class OadTR(nn.Module):
             for chunks ``t+1 .. t+Q``.
         """
         return self.forward_embedded(self.embed(x), mask)
+
+    def training_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self(batch["features"], batch["mask"])
+
+    @torch.no_grad()
+    def forward_video(self, features: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+        """Every chunk of one video from the window ending at it (``(T, C)``, ``(T, Q, C)``)."""
+        return score_windows(self, features, batch_size)
 
     # -- reference checkpoints -------------------------------------------------------------------------
     @staticmethod
@@ -344,11 +356,6 @@ class OadTR(nn.Module):
         model = cls(**cls.reference_config(state_dict, **overrides))
         model.load_state_dict(sd, strict=True)
         return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (trainable or not) of a module."""
-    return sum(p.numel() for p in model.parameters())
 
 
 __all__ = ["OadTR", "count_parameters"]

@@ -28,20 +28,25 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from oad.models.base import OnlineModel
+
 TRNState = tuple[Tensor, Tensor, Tensor]
 
 
-class TRN(nn.Module):
+class TRN(OnlineModel):
     """Temporal Recurrent Network (encoder LSTM + anticipating decoder LSTM).
 
+    Trained on dense windows (``samples``): every step of a window is supervised, encoder and decoder.
+
     Attributes:
-        dense_supervision: every step of a training window is supervised (encoder and decoder).
         future_offset: decoder step ``j`` (0-based) after encoder step ``t`` predicts chunk
             ``t + j + future_offset``; the reference's first decoder step scores the current chunk again.
         window: the training window length (the reference's ``enc_steps``), read by the data pipeline.
     """
 
-    dense_supervision = True
+    samples = "oad.data.samples:dense_windows"
+    online_step = "oad.online.recurrent:RecurrentStep"
+    export_step = "oad.export:TRNStep"
     future_offset = 0
 
     def __init__(
@@ -204,6 +209,36 @@ class TRN(nn.Module):
         """
         enc_logits, dec_logits = self.forward_dense(x, mask)
         return enc_logits[:, -1], dec_logits[:, -1]
+
+    def training_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Every step of the window: ``(B, L, C)``, ``(B, L, Q, C)`` (dense targets)."""
+        return self.forward_dense(batch["features"], batch["mask"])
+
+    def forward_video(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward_videos([features])[0]
+
+    @torch.no_grad()
+    def forward_videos(self, features, group: int = 32) -> list[tuple[Tensor, Tensor]]:
+        """Every chunk of several videos, the state carried from the first chunk; videos of similar
+        lengths are stepped together as one batch (right-padded, padded steps dropped)."""
+        order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
+        out: list = [None] * len(features)
+        for g in range(0, len(order), group):
+            idx = order[g : g + group]
+            lengths = [features[i].shape[0] for i in idx]
+            x = features[idx[0]].new_zeros(len(idx), max(lengths), self.in_dim)  # (B, Tmax, D)
+            for b, i in enumerate(idx):
+                x[b, : lengths[b]] = features[i]
+            state = self.init_state(len(idx), device=x.device, dtype=x.dtype)
+            logits, future = [], []
+            for t in range(x.shape[1]):
+                lg, fut, state = self.step(x[:, t], state)
+                logits.append(lg)
+                future.append(fut)
+            lg, fut = torch.stack(logits, dim=1), torch.stack(future, dim=1)  # (B, Tmax, C), (B, Tmax, Q, C)
+            for b, i in enumerate(idx):
+                out[i] = (lg[b, : lengths[b]], fut[b, : lengths[b]])
+        return out
 
     @staticmethod
     def reference_to_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -1,4 +1,4 @@
-"""Benchmark of the online runner (``oad.streaming.OnlineDetector``) at paper size, behind ``tools/bench.py``.
+"""Benchmark of the online runner (``oad.online.OnlineDetector``) at paper size, behind ``tools/bench.py``.
 
 Measured in one run, on one machine state (the figures are compared only within the run):
 
@@ -20,7 +20,7 @@ Measured in one run, on one machine state (the figures are compared only within 
 4. **Streams sustained** at 4 chunks per second: the largest batch ``N`` whose step takes at most
    0.25 s, estimated from the 1- and N-stream latencies and then measured at that ``N``.
 5. **End to end** from a video file (written here with PyAV): ResNet-50 features (random weights, for
-   speed only) and the runner, through :func:`oad.stream_task.stream`, in chunks per second.
+   speed only) and the runner, through :func:`oad.tasks.streaming.stream`, in chunks per second.
 
 Random weights throughout (speed does not depend on them). The model is OadTR at the paper's sizes:
 window 64, d 1024, 3 encoder / 5 decoder layers, 8 queries, in_dim 3072 (2048 for the video run,
@@ -47,7 +47,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from oad.models.oadtr import OadTR
-from oad.streaming import OnlineDetector, can_prepack
+from oad.online import OnlineDetector, can_prepack
 
 __all__ = ["run_bench", "format_report", "count_flops", "matmul_shapes", "products_only"]
 
@@ -222,7 +222,7 @@ def products_only(det: OnlineDetector, x: torch.Tensor) -> Callable[[], Any]:
     were free -- the reference for how far the runner is from its products, and for how much faster
     bf16 can possibly be than fp32 on this machine.
     """
-    e = det._engine
+    e = det._engine.impl  # the fused engine (OadTRStep.impl)
     N, S, Q, d = x.shape[0], e.L + 1, e.Q, e.d
     g = torch.Generator().manual_seed(1)
     dt = x.dtype
@@ -307,11 +307,11 @@ def write_test_video(path: Path, seconds: float, fps: int = 25, size: tuple[int,
 
 
 def end_to_end(seconds: float, dtypes: list[str], workdir: Path, backbone: str = "resnet50") -> list[dict]:
-    """Chunks per second of :func:`oad.stream_task.stream` on a generated video, per dtype."""
+    """Chunks per second of :func:`oad.tasks.streaming.stream` on a generated video, per dtype."""
     from omegaconf import OmegaConf
 
     from oad.checkpoint import save_network
-    from oad.stream_task import stream
+    from oad.tasks.streaming import stream
     from oad.video import build_backbone
 
     video = write_test_video(workdir / "bench.mp4", seconds)
@@ -560,45 +560,40 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compare_with_revision(ref: str, reps: int = 80, seed: int = 0) -> str:
-    """Same-process A/B of the batch-1 runner step: ``oad/streaming.py`` at git revision ``ref`` vs now.
-
-    Both versions wrap the same paper-size OadTR (fp32 and bf16), primed with a full window, and are
-    stepped round-robin ``reps`` times, so load changes hit both alike. Returns the printed lines.
-    """
-    import importlib.util
-    import subprocess
-
-    import oad.streaming as current
-
-    repo = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "-C", str(repo), "show", f"{ref}:oad/streaming.py"], capture_output=True,
-                         text=True, check=True).stdout
-    with tempfile.TemporaryDirectory(prefix="oad_ab_") as tmp:
-        path = Path(tmp) / "streaming_ref.py"
-        path.write_text(src)
-        spec = importlib.util.spec_from_file_location("oad_streaming_ref", path)
-        old = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(old)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = OadTR(in_dim=3072, num_classes=22).eval().requires_grad_(False)
-    x = torch.randn(model.window + 100, model.in_dim, generator=gen)
-    fns = {}
-    for dname, dtype in DTYPES.items():
-        for tag, mod in ((ref, old), ("current", current)):
-            det = mod.OnlineDetector(model, dtype=dtype)
-            det.prime(x[: model.window])
-            fns[(dname, tag)] = lambda det=det, i=iter(range(10**9)): det.step(x[model.window + next(i) % 100])
-    times = _round_robin(fns, reps)
-    lines = [f"A/B of the batch-1 runner step, {reps} round-robin steps each, torch threads {torch.get_num_threads()}:"]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for (dname, tag), ts in times.items():
-        lines.append(f"  {dname} {tag:<12} median {1e3 * med[(dname, tag)]:7.2f} ms   fastest {1e3 * min(ts):7.2f} ms")
-    for tag in (ref, "current"):
-        lines.append(f"  bf16 speedup {tag:<12} {med[('fp32', tag)] / med[('bf16', tag)]:.3f}x (medians)")
-    return "\n".join(lines)
-
-
 def _load(v) -> str:
     return "n/a" if not v else " ".join(f"{x:.2f}" for x in v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tools/bench.py``: run the benchmark, print the table (and write JSON with ``--json``)."""
+    import argparse
+    import json
+    import sys
+
+    p = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few repetitions and a 2 s video: a smoke run")
+    p.add_argument("--streams", type=int, default=None, help="N of the multi-stream configuration (default 16, quick 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--video-seconds", type=float, default=None, help="generated video length (default 10, quick 2)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end video run")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--models", action="store_true",
+                   help="only every model's online step side by side (oad.bench.models): GFLOP/chunk and ms")
+    p.add_argument("--reps", type=int, default=20, help="--models: round-robin steps per configuration")
+    args = p.parse_args(argv)
+    if args.models:
+        from oad.bench import models
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = models.run(reps=args.reps, log=lambda s: print(s, file=sys.stderr, flush=True))
+        print(models.format_table(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return 0
+    result = run_bench(quick=args.quick, streams=args.streams, threads=args.threads, video_seconds=args.video_seconds,
+                       e2e=not args.no_e2e, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0

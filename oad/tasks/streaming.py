@@ -1,8 +1,8 @@
 """The task behind ``tools/stream.py``: online detection on one video file (or a features file).
 
 The video is read as a live stream would deliver it: chunk by chunk, each chunk's features computed
-(:class:`oad.video.FeatureExtractor`) and scored (:class:`oad.streaming.OnlineDetector`) before the
-next one is read, and action events decided online (:class:`oad.streaming.EventDetector`). Outputs in
+(:class:`oad.video.FeatureExtractor`) and scored (:class:`oad.online.OnlineDetector`) before the
+next one is read, and action events decided online (:class:`oad.online.EventDetector`). Outputs in
 ``output_dir``:
 
 - ``scores.csv``: one row per chunk: ``chunk, start_s, end_s`` and one column per class name (current
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,22 +31,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from oad.atomic import atomic_write_bytes
+from oad.io import atomic_write_bytes, write_json
+from oad.tasks.common import resolve_ignore_index
 from oad.checkpoint import load_network
-from oad.streaming import EventDetector, OnlineDetector
+from oad.online import EventDetector, OnlineDetector
 
 log = logging.getLogger(__name__)
 
 __all__ = ["check_stream_dims", "stream", "summary_lines"]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    def default(o: Any) -> Any:
-        if isinstance(o, (np.generic, np.ndarray)):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=default) + "\n").encode())
 
 
 def _build_extractor(cfg: DictConfig, rate: float):
@@ -73,15 +63,6 @@ def check_stream_dims(ckpt: str, in_dim: int, expected: list[int] | None, got: l
             )
     elif sum(got) != in_dim:
         raise ValueError(f"checkpoint {ckpt}: the model takes {in_dim}-d features, the extractor gives {fmt} ({what})")
-
-
-def _resolve_ignore_index(value: Any, data_info: dict) -> int | None:
-    if value == "auto":
-        v = data_info.get("ignore_index")
-        return None if v is None else int(v)
-    if value in (None, "null", "none", "None"):
-        return None
-    return int(value)
 
 
 def _csv_bytes(comment: str, columns: list[str], rows: Iterator[list]) -> bytes:
@@ -116,7 +97,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
     class_names = [str(c) for c in (data_info.get("class_names") or [f"class_{i}" for i in range(num_classes)])]
     if len(class_names) != num_classes:
         raise ValueError(f"checkpoint {ckpt}: {len(class_names)} class names for {num_classes} classes")
-    ignore_index = _resolve_ignore_index(cfg.get("ignore_index", "auto"), data_info)
+    ignore_index = resolve_ignore_index(cfg.get("ignore_index", "auto"), data_info.get("ignore_index"))
     rate = float(cfg.rate) if cfg.get("rate") is not None else float(data_info.get("fps") or 4.0)
     dtype = torch.bfloat16 if cfg.get("bf16") else torch.float32
     in_dim = int(net.in_dim)
@@ -216,7 +197,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_bytes(out / "scores.csv", _csv_bytes(
         comment, columns,
         ([i, f"{s:.6g}", f"{e:.6g}", *(f"{p:.6f}" for p in r)] for i, s, e, r in zip(index, starts, ends, rows))))
-    _write_json(out / "scores.json", {
+    write_json(out / "scores.json", {
         "meta": meta,
         "class_names": class_names,
         "chunk": index,
@@ -224,7 +205,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         "end_s": ends,
         "scores": np.round(scores_arr.astype(np.float64), 6).tolist(),
     })
-    _write_json(out / "events.json", {
+    write_json(out / "events.json", {
         "meta": meta,
         "rule": {**events.describe(), "description": (
             "per action class: a score >= on_threshold starts a candidate; it becomes an event once the score "

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from oad.atomic import TMP_SUFFIX, atomic_open, atomic_write_bytes
+from oad.io import TMP_SUFFIX, save_npy, write_json
 from oad.video import FeatureExtractor, VideoError
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,6 @@ def _settings(extractor: FeatureExtractor) -> dict[str, Any]:
         "resize": d["resize"],
         "crop": d["crop"],
     }
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_open(path) as f:
-        np.save(f, array)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _remove_stale_tmp(folders: list[Path]) -> None:
@@ -206,11 +197,11 @@ def extract_folder(
             summary.failed[name] = str(e)
             manifest["videos"].pop(name, None)
             manifest["failures"][name] = {"source": str(path), "error": str(e)}
-            _atomic_write_json(manifest_path, manifest)
+            write_json(manifest_path, manifest)
             continue
-        _atomic_save_npy(files["rgb"], out["rgb"])
+        save_npy(files["rgb"], out["rgb"])
         if "flow" in files:
-            _atomic_save_npy(files["flow"], out["flow"])
+            save_npy(files["flow"], out["flow"])
         meta = out["meta"]
         manifest["failures"].pop(name, None)
         manifest["videos"][name] = {
@@ -221,10 +212,10 @@ def extract_folder(
             "fps": meta["fps"],
             "num_frames": meta["num_frames"],
         }
-        _atomic_write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         summary.done.append(name)
     bar.close()
-    _atomic_write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     log.info(summary.line())
     return summary
 

@@ -19,16 +19,17 @@ import torch
 from torch import nn
 
 from oad.data.windows import Batch
-from oad.inference import class_probabilities, score_videos
+from oad.models.base import class_probabilities
+from oad.tasks.scoring import score_videos
 
 log = logging.getLogger(__name__)
 
 
 class OadLitModule(L.LightningModule):
-    """Training/evaluation system around an OadTR or TRN network.
+    """Training/evaluation system around any ``oad`` model (the interface of :mod:`oad.models.base`).
 
     Args:
-        net: the network (``OadTR``, ``TRN``).
+        net: the network.
         criterion: loss module returning named terms with a ``loss`` key (``OadCriterion``); None for
             evaluation only.
         optimizer: partial taking the parameters, e.g. ``functools.partial(torch.optim.Adam, lr=1e-4)``;
@@ -37,10 +38,10 @@ class OadLitModule(L.LightningModule):
         scheduler_interval: ``'epoch'`` or ``'step'``.
         net_config: constructor config of ``net`` (with ``_target_``), stored in checkpoints.
         data_info: dataset facts (``class_names``, ``ignore_index``, ``metric``, ``fps``, ``stream_dims``).
-        eval_batch_size: windows per forward when scoring whole videos.
         eval_protocols: protocols reported at test time (``'all'`` first: it is the headline).
         postprocess: optional post-processing of the test scores (``'switch'``, ``'smooth'``), off by
             default and named in every report.
+        eval_window: window of the "windows" protocol (None: the model's window, else 64).
     """
 
     def __init__(
@@ -52,9 +53,9 @@ class OadLitModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         net_config: dict | None = None,
         data_info: dict | None = None,
-        eval_batch_size: int = 256,
         eval_protocols: tuple[str, ...] = ("all", "windows"),
         postprocess: tuple[str, ...] = (),
+        eval_window: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "criterion", "optimizer", "scheduler"])
@@ -62,7 +63,6 @@ class OadLitModule(L.LightningModule):
         self.criterion = criterion
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.dense = bool(getattr(net, "dense_supervision", False))
         info = data_info or {}
         self.ignore_index = info.get("ignore_index", 21)
         self.metric = info.get("metric", "AP")
@@ -76,10 +76,7 @@ class OadLitModule(L.LightningModule):
         return self.net(x, mask)
 
     def _step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.dense:
-            logits, future = self.net.forward_dense(batch["features"], batch["mask"])
-        else:
-            logits, future = self.net(batch["features"], batch["mask"])
+        logits, future = self.net.training_logits(batch)
         return self.criterion(logits, future, batch["target"], batch["future_target"])
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -92,13 +89,13 @@ class OadLitModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         train_set = getattr(dm, "train_set", None)
-        if train_set is not None and getattr(train_set, "dense", False):
-            train_set.set_epoch(self.current_epoch)  # new random window offsets (TRN recipe)
+        if train_set is not None and hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(self.current_epoch)  # new random window offsets (TRN, MiniROAD, LSTR recipes)
 
     # -- evaluation: whole videos, every chunk, online ---------------------------------------------------
     def _score_batch(self, batch: list[dict]) -> None:
         feats = [item["features"] for item in batch]
-        outs = score_videos(self.net, feats, batch_size=self.hparams.eval_batch_size)
+        outs = score_videos(self.net, feats)
         for item, (logits, future) in zip(batch, outs):
             self._eval_outputs[item["name"]] = {
                 "scores": class_probabilities(logits, self.ignore_index).cpu().numpy(),
@@ -144,7 +141,7 @@ class OadLitModule(L.LightningModule):
             protocols,
             metric=self.metric,
             ignore_index=self.ignore_index,
-            window=getattr(self.net, "window", 64),
+            window=self.hparams.eval_window or getattr(self.net, "window", None) or 64,
             num_queries=getattr(self.net, "num_queries", 8),
             future_scores={k: v["future_scores"] for k, v in outputs.items()},
             future_offset=getattr(self.net, "future_offset", 1),
@@ -181,8 +178,24 @@ class OadLitModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        kwargs = {}
+        if _takes_unbound(self.scheduler_factory, "total_steps"):  # e.g. oad.schedules.warmup_cosine
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
         }
+
+
+def _takes_unbound(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` (a function or a ``functools.partial``) has a parameter ``name`` not yet bound."""
+    import functools
+    import inspect
+
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return False
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False

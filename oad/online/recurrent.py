@@ -1,0 +1,34 @@
+"""The online step of recurrent models (TRN): the state carried from chunk to chunk."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from oad.online.base import OnlineStep
+
+
+class RecurrentStep(OnlineStep):
+    """TRN and any model with ``init_state(n, device, dtype)`` and ``step(x, state) -> (logits, future,
+    state)``: carries the recurrent state (a copy of the network in the run dtype)."""
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+        super().__init__(net, device, dtype)
+        self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        self.state: Any = None
+
+    def start(self, n: int) -> None:
+        self.state = self.net.init_state(n, device=self.device, dtype=self.dtype)
+
+    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits, future, self.state = self.net.step(x, self.state)
+        return logits, future
+
+    def prime(self, x: Tensor) -> None:
+        for t in range(x.shape[1]):  # (N, T, D): the state needs every chunk
+            self.step(x[:, t])
+
+

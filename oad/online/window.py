@@ -1,0 +1,77 @@
+"""The online step of window models: a ring buffer of the already-projected inputs.
+
+``(N, 2L, d)`` with every chunk written twice (slots ``p`` and ``p + L``), so the window in
+chronological order is always the contiguous-in-time slice ``[p + 1, p + 1 + L)``: no ``torch.cat``, no
+shifting, and the input projection of a chunk is computed once, not ``L`` times. Until ``L`` chunks have
+arrived the window is left-padded with zeros and masked, exactly as the offline "all" protocol does
+(:func:`oad.models.base.score_windows`), so streaming and offline scores are the same.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from oad.online.base import OnlineStep
+
+
+class RingBuffer:
+    """The last ``L`` projected chunks of ``N`` streams, readable in chronological order without a copy.
+
+    Every chunk is written at slot ``p = count % L`` and at ``p + L``, so ``buf[:, p + 1 : p + 1 + L]``
+    is the window, oldest first. Slots that were never written hold zeros (the offline padding).
+    """
+
+    def __init__(self, n: int, window: int, dim: int, device: torch.device, dtype: torch.dtype):
+        self.L = window
+        self.buf = torch.zeros(n, 2 * window, dim, device=device, dtype=dtype)  # (N, 2L, d)
+        self.count = 0
+
+    def push(self, e: Tensor) -> Tensor:
+        """Append ``e (N, d)``; returns the window ``(N, L, d)`` ending with it (a view)."""
+        p = self.count % self.L
+        self.buf[:, p] = e
+        self.buf[:, p + self.L] = e
+        self.count += 1
+        return self.buf[:, p + 1 : p + 1 + self.L]
+
+    def extend(self, e: Tensor, total: int) -> None:
+        """Account for ``total`` new chunks of which ``e (N, k, d)`` are the last ``k <= L`` projected."""
+        k = e.shape[1]
+        self.count += total - k  # chunks older than the window are never needed
+        for t in range(k):
+            self.push(e[:, t])
+
+
+class WindowStep(OnlineStep):
+    """The plain step of any window model with ``window``, ``embed`` and ``forward_embedded`` (OadTR off
+    the CPU fast path, ChunkLinear): a ring buffer of projected chunks and the model's own forward."""
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+        super().__init__(net, device, dtype)
+        self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        self.ring: RingBuffer | None = None
+        self.masks: Tensor | None = None
+
+    def start(self, n: int) -> None:
+        device, dtype = self.device, self.dtype
+        L = self.net.window
+        dim = self.net.embed(torch.zeros(1, self.net.in_dim, device=device, dtype=dtype)).shape[-1]
+        self.ring = RingBuffer(n, L, dim, device, dtype)
+        # masks[c] is the window mask after c + 1 chunks: the first L - 1 - c positions are padding.
+        self.masks = torch.arange(L, device=device)[None, :] >= (L - 1 - torch.arange(L, device=device))[:, None]
+        self.n = n
+
+    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        window = self.ring.push(self.net.embed(x))  # (N, in_dim) -> (N, d) -> (N, L, d)
+        c = self.ring.count
+        mask = None if c >= self.ring.L else self.masks[c - 1].expand(self.n, -1)  # (N, L)
+        return self.net.forward_embedded(window, mask)
+
+    def prime(self, x: Tensor) -> None:
+        T = x.shape[1]
+        self.ring.extend(self.net.embed(x[:, max(0, T - self.ring.L) :]), T)  # (N, k, D) -> (N, k, d)
+
+
