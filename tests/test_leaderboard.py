@@ -1,0 +1,178 @@
+"""The leaderboard (configs/leaderboard.yaml, oad/tasks/leaderboard.py): a few cheap models trained on tiny
+synthetic data under the same protocol, one table; a broken entry is an error row, the others are fine."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from oad.tasks.leaderboard import format_table, leaderboard, run_overrides, winner_line
+from tests.conftest import REPO, TINY, compose_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# TINY's data/trainer settings, given once on the leaderboard's command line: every run gets them.
+TINY_LEADERBOARD = [*TINY, "step_repeats=5"]
+
+
+def entries(*items: tuple[str, str, list[str]]) -> str:
+    def one(name, model, overrides):
+        return f"{{name: {name}, model: {model}, overrides: [{', '.join(repr(o) for o in overrides)}]}}"
+
+    return "models=[" + ", ".join(one(*i) for i in items) + "]"
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    out = tmp_path_factory.mktemp("leaderboard")
+    models = entries(("linear", "linear", []), ("oadtr", "oadtr", ["trainer.limit_train_batches=3"]),
+                     ("broken", "linear", ["model.no_such_key=1"]), ("nosuch", "no_such_model", []))
+    cfg = compose_cfg("leaderboard", [models, *TINY_LEADERBOARD], out)
+    return out, leaderboard(cfg)
+
+
+def test_leaderboard_writes_the_three_files(board):
+    out, result = board
+    for name in ("leaderboard.json", "leaderboard.md", "leaderboard.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = json.loads((out / "leaderboard.json").read_text())
+    assert written["rows"] == json.loads(json.dumps(result["rows"]))
+    assert written["protocol"] == "all" and written["window"] == 64 and written["data"] == "synthetic"
+    assert written["size"] == "demo"
+
+
+def test_rows_have_sane_values(board):
+    out, result = board
+    rows = {r["model"]: r for r in result["rows"]}
+    assert list(rows) == ["linear", "oadtr", "broken", "nosuch"]
+    for name in ("linear", "oadtr"):
+        r = rows[name]
+        assert "error" not in r, r
+        for key in ("model", "metric", "mAP", "mAP_windows", "window", "params", "train_s", "step_ms", "recipe",
+                    "run_dir"):
+            assert key in r, (name, key)
+        assert r["metric"] == "mAP"
+        assert 0.0 <= r["mAP"] <= 1.0
+        assert r["mAP_windows"] is None or 0.0 <= r["mAP_windows"] <= 1.0
+        assert r["window"] == 64 and r["params"] > 0 and r["train_s"] > 0 and r["step_ms"] > 0
+        assert r["recipe"] == f"{name}_demo"
+        assert r["run_dir"] == str(out / "runs" / name)
+        metrics = json.loads((out / "runs" / name / "metrics.json").read_text())
+        # the row is the run's own report: the "all" protocol headline, the fixed window
+        assert metrics["protocols"]["all"]["mAP"] == pytest.approx(r["mAP"])
+        assert metrics["num_parameters"] == r["params"]
+        assert (out / "runs" / name / "checkpoints" / "last.ckpt").is_file()
+    assert rows["linear"]["params"] < rows["oadtr"]["params"]
+
+
+def test_every_run_gets_the_same_data_and_protocol(board, tmp_path):
+    """The leaderboard's data.* and trainer.* overrides reach every run after its recipe (as on the
+    tools/train.py command line), and the recipe's own keys (its batch size) stay."""
+    out, _ = board
+    for name in ("linear", "oadtr"):
+        ckpt = torch.load(out / "runs" / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        hp = ckpt["hyper_parameters"]
+        data = hp["data_info"]["data_config"]
+        assert data["source"]["num_videos"] == {"train": 6, "val": 2, "test": 3}
+        assert data["source"]["length_scale"] == pytest.approx(0.15)
+        assert hp["eval_window"] == 64
+        assert ckpt["epoch"] == 0  # trainer.max_epochs=1, not the recipe's
+        recipe = compose_cfg("train", [f"model={name}", "size=demo"], tmp_path / name)
+        assert data["batch_size"] == recipe.data.batch_size
+
+
+def test_broken_entries_are_error_rows(board):
+    _, result = board
+    rows = {r["model"]: r for r in result["rows"]}
+    assert "no_such_key" in rows["broken"]["error"]
+    assert "no_such_model" in rows["nosuch"]["error"]
+    for name in ("broken", "nosuch"):
+        assert re.match(r"^\w+: ", rows[name]["error"]), rows[name]["error"]
+        assert "mAP" not in rows[name]
+
+
+def test_winner_is_the_best_row(board):
+    _, result = board
+    ok = [r for r in result["rows"] if "error" not in r]
+    best = max(ok, key=lambda r: r["mAP"])
+    assert result["winner"] == best["model"]
+    assert winner_line(result) == f"winner: {best['model']} mAP={best['mAP']:.4f} (all protocol)"
+
+
+def test_markdown_table(board):
+    out, result = board
+    md = (out / "leaderboard.md").read_text()
+    assert md.strip() == format_table(result).strip()
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    names = [line.split("|")[2].strip() for line in table]
+    assert set(names) == {"linear", "oadtr", "broken", "nosuch"}
+    ok = sorted((r for r in result["rows"] if "error" not in r), key=lambda r: -r["mAP"])
+    assert names[:2] == [r["model"] for r in ok]  # sorted by the headline, failed rows last
+    assert all("failed:" in line for line in table[2:])
+    assert md.strip().splitlines()[-1] == winner_line(result)
+
+
+def test_run_overrides_forward_data_and_trainer(tmp_path):
+    cfg = compose_cfg("leaderboard", ["data=thumos14", "data.root=/data/thumos", "data.layout=lstr", "trainer=cpu",
+                                      "trainer.max_epochs=1", "seed=3", "eval_window=32"], tmp_path)
+    overrides, replace_data = run_overrides(cfg, {"name": "trn", "model": "trn", "overrides": ["data.batch_size=8"]})
+    assert not replace_data
+    assert overrides[0] == "model=trn"
+    for o in ("data=thumos14", "data.root=/data/thumos", "data.layout=lstr", "trainer=cpu", "trainer.max_epochs=1",
+              "size=paper", "eval.window=32", "seed=3"):
+        assert o in overrides, (o, overrides)
+    assert overrides[-1] == "data.batch_size=8"  # the entry's own overrides win
+    assert not any(o.startswith(("eval_window", "models")) for o in overrides)
+    # an entry choosing its own size (or an experiment) gets no size from the leaderboard
+    own, _ = run_overrides(cfg, {"name": "t", "model": "trn", "overrides": ["size=demo"]})
+    assert [o for o in own if o.startswith("size=")] == ["size=demo"]
+
+
+def test_default_config_composes_with_every_model(tmp_path):
+    cfg = compose_cfg("leaderboard", [], tmp_path)
+    names = [m.name for m in cfg.models]
+    assert names == ["oadtr", "trn", "linear", "miniroad", "lstr", "testra"]
+    assert cfg.size is None and cfg.eval_window == 64 and list(cfg.step_streams) == [1]
+    assert cfg.step_repeats == 30 and cfg.seed == 20 and cfg.trainer._target_.endswith("Trainer")
+    missing = [m.model for m in cfg.models if not (REPO / "configs" / "model" / f"{m.model}.yaml").is_file()]
+    assert not missing, f"configs/model/ lacks {missing}"
+    for m in cfg.models:
+        for size in ("demo", "paper"):
+            assert (REPO / "configs" / "recipe" / f"{m.model}_{size}.yaml").is_file(), (m.model, size)
+
+
+def test_config_examples_compose(tmp_path):
+    text = (REPO / "configs" / "leaderboard.yaml").read_text()
+    examples = re.findall(r"^#\s+python tools/leaderboard\.py(.*?)(?:\s+#.*)?$", text, flags=re.MULTILINE)
+    assert len(examples) >= 2
+    import shlex
+
+    for line in examples:
+        cfg = compose_cfg("leaderboard", shlex.split(line), tmp_path)
+        assert len(cfg.models) >= 1
+
+
+def test_without_hydra_runtime_the_data_node_is_used(tmp_path):
+    """A config composed without Hydra's runtime (no command line to read): the leaderboard's data and
+    trainer nodes."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_cfg("leaderboard", [entries(("linear", "linear", [])), *TINY_LEADERBOARD], tmp_path)
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = None
+    try:
+        result = leaderboard(cfg)
+    finally:
+        HydraConfig.instance().cfg = saved
+    (row,) = result["rows"]
+    assert "error" not in row, row
+    assert result["data"] == "synthetic" and row["recipe"] == "linear_demo" and result["winner"] == "linear"
+    assert (tmp_path / "runs" / "linear" / "metrics.json").is_file()
+    hp = torch.load(tmp_path / "runs" / "linear" / "checkpoints" / "last.ckpt", map_location="cpu",
+                    weights_only=False)
+    assert hp["hyper_parameters"]["data_info"]["data_config"]["source"]["num_videos"]["test"] == 3
+    assert hp["epoch"] == 0  # trainer.max_epochs=1 of the leaderboard, not the recipe's 3
