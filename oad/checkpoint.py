@@ -84,12 +84,14 @@ def _reference_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def convert_reference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dataset: str | None = None,
-                                 **overrides) -> dict[str, Any]:
-    """Turn a reference OadTR (``VisionTransformer_v3``) or TRN (``GeneralizedTRN``) checkpoint into
-    one that this project's tools load (``load_network``, ``tools/eval.py ckpt_path=...``).
+                                 arch: str | None = None, **overrides) -> dict[str, Any]:
+    """Turn a reference OadTR (``VisionTransformer_v3``), TRN (``GeneralizedTRN``), MiniROAD (``MROAD``),
+    LSTR or TeSTra checkpoint into one that this project's tools load (``load_network``,
+    ``tools/eval.py ckpt_path=...``).
 
-    The architecture is recognised from the parameter names and its sizes read from the tensors; head
-    counts, window (TRN) and query count (TRN) come from ``overrides`` or the paper defaults. The dataset
+    The architecture is recognised from the parameter names (``arch`` names it; needed for LSTR vs
+    TeSTra, whose names are the same) and its sizes read from the tensors; head counts, window (TRN),
+    query count (TRN) and memory lengths (LSTR, TeSTra) come from ``overrides`` or the paper defaults. The dataset
     facts (class names, ignore index, metric) are those of ``dataset`` (``thumos14``, ``tvseries``,
     ``hdd``), by default guessed from the class count (22 THUMOS'14, 31 TVSeries, 12 HDD).
 
@@ -97,18 +99,32 @@ def convert_reference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         ``{'model': class name, 'net_config': ..., 'data_info': ..., 'num_parameters': ...}``.
     """
     from oad.data.readers import packaged_info
+    from oad.models.lstr import LSTR
+    from oad.models.miniroad import MiniROAD
     from oad.models.oadtr import OadTR
+    from oad.models.testra import TeSTra
     from oad.models.trn import TRN
 
     src = Path(src)
     sd = _reference_state_dict(load_checkpoint_file(src), src)
     names = {k.removeprefix("module.") for k in sd}
-    if "linear_encoding.weight" in names:
+    if arch is not None:
+        known = {"oadtr": OadTR, "trn": TRN, "miniroad": MiniROAD, "lstr": LSTR, "testra": TeSTra}
+        if arch not in known:
+            raise ValueError(f"arch={arch!r}: expected one of {sorted(known)}")
+        cls = known[arch]
+    elif "linear_encoding.weight" in names:
         cls = OadTR
     elif "enc_cell.weight_ih" in names:
         cls = TRN
+    elif "gru.weight_ih_l0" in names and "layer1.0.weight" in names:
+        cls = MiniROAD
+    elif "feature_head_long.input_linear.0.weight" in names:
+        # TeSTra's checkpoints have LSTR's parameter names: the weights cannot tell them apart
+        raise ValueError(f"reference checkpoint {src}: an LSTR-family state dict; say which with "
+                         "arch=lstr or arch=testra (and kernel=box|laplace, alpha=... for TeSTra)")
     else:
-        raise ValueError(f"reference checkpoint {src}: neither an OadTR nor a TRN state dict "
+        raise ValueError(f"reference checkpoint {src}: not an OadTR, TRN, MiniROAD or LSTR/TeSTra state dict "
                          f"(first keys: {sorted(names)[:5]})")
     try:
         net = cls.from_reference(sd, **overrides)

@@ -40,8 +40,8 @@ def test_gpu_check_refuses_without_cuda():
     assert r.returncode == 2 and "no CUDA device" in r.stderr
 
 
-def test_gpu_check_models_build_at_paper_size():
-    from oad.bench.gpu import paper_models
+def test_every_model_builds_at_paper_size_for_the_benchmarks():
+    from oad.bench.models import paper_models
 
     for name, build in paper_models().items():
         with torch.device("meta"):

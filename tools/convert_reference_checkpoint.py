@@ -1,9 +1,10 @@
-"""Convert a reference OadTR or TRN checkpoint into one this project's tools load.
+"""Convert a reference OadTR, TRN, MiniROAD, LSTR or TeSTra checkpoint into one this project's tools load.
 
     .venv/bin/python tools/convert_reference_checkpoint.py SRC DST [dataset=thumos14] [num_heads=8] ...
 
-SRC: a checkpoint of github.com/wangxiang1230/OadTR (``torch.save({'model': state_dict, ...})``) or of
-xumingze0308/TRN.pytorch. DST: the converted file, for ``tools/eval.py ckpt_path=DST`` and the
+SRC: a checkpoint of github.com/wangxiang1230/OadTR (``torch.save({'model': state_dict, ...})``),
+xumingze0308/TRN.pytorch, jbistanbul/MiniROAD, amazon-science/long-short-term-transformer or
+zhaoyue-zephyrus/TeSTra (``arch=lstr|testra``: their parameter names are the same). DST: the converted file, for ``tools/eval.py ckpt_path=DST`` and the
 streaming runner. Extra ``key=value`` arguments are constructor overrides (head counts, and window /
 num_queries for TRN, which the tensors do not tell) or ``dataset=<thumos14|tvseries|hdd>``.
 """
@@ -25,7 +26,8 @@ def main(argv: list[str]) -> int:
     from oad.checkpoint import convert_reference_checkpoint
 
     dataset = kw.pop("dataset", None)
-    result = convert_reference_checkpoint(args[0], args[1], dataset=dataset, **kw)
+    arch = kw.pop("arch", None)
+    result = convert_reference_checkpoint(args[0], args[1], dataset=dataset, arch=arch, **kw)
     print(json.dumps({k: v for k, v in result.items() if k != "data_info"}, indent=2))
     print(f"wrote {args[1]} ({result['model']}, {result['num_parameters']:,} parameters)")
     return 0

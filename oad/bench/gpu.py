@@ -7,8 +7,8 @@ online inference there.
    and the test pass over every chunk of the test videos.
 2. Raw training steps (``oad.bench.train``'s ``measure``, behind ``tools/bench_train.py``) of the paper-size OadTR and TRN in fp32,
    ``bf16`` and ``fp16`` autocast at the recipe batch sizes.
-3. Batch-1 latency of the streaming runner ``oad.online.OnlineDetector`` (fp32 and bf16), or of the
-   model's forward on one window where that module is missing.
+3. Batch-1 latency of the online step (``oad.online.OnlineDetector``, fp32 and bf16) of every model at
+   paper size (``oad.bench.models.paper_models``).
 
 Exits with a message (status 2) on a machine without CUDA. Run: ``python tools/gpu_check.py``
 """
@@ -105,20 +105,14 @@ def lightning_training(checkpoint_activations: bool, out: Path, overrides: list[
     }
 
 
-def paper_models() -> dict:
-    """Builders of every model at its paper size (THUMOS'14, in_dim 3072)."""
-    from oad.models.oadtr import OadTR
-    from oad.models.trn import TRN
-
-    return {"OadTR": lambda: OadTR(in_dim=3072), "TRN": lambda: TRN(in_dim=3072)}
-
-
 def streaming_latency(device: str = "cuda", repeats: int = 300, warmup: int = 20, nets: dict | None = None
                       ) -> list[str]:
     """Median and 90th-percentile batch-1 latency of one online step of every model (``OnlineDetector``)."""
     from oad.online import OnlineDetector
 
     lines = []
+    from oad.bench.models import paper_models
+
     for name, build in (nets or paper_models()).items():
         net = build().to(device).eval()
         for dtype in (torch.float32, torch.bfloat16):
@@ -156,7 +150,7 @@ def main() -> None:
 
     print("\n2. Raw training steps at the recipe batch sizes (tools/bench_train.py)", flush=True)
     rows = []
-    for model, steps in (("oadtr", 20), ("trn", 6)):
+    for model, steps in (("oadtr", 20), ("trn", 6), ("miniroad", 10), ("lstr", 10), ("testra", 10)):
         for precision in ("fp32", "bf16", "fp16"):
             rows.append(bench_train.isolated(model, "paper", "cuda", precision, None, None, 3, steps))
     print(bench_train.table(rows), flush=True)

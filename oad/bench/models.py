@@ -1,0 +1,100 @@
+"""Every model's online step side by side at paper size: GFLOP per chunk, batch-1 and 16-stream latency,
+fp32 and bf16, in one run (``tools/bench.py --models``).
+
+Each step is built with :class:`oad.online.OnlineDetector` on a paper-size model with random weights,
+primed with ``history`` chunks (the long memories' slots are computed whether they hold real chunks or
+padding, so the cost per chunk does not depend on how full they are; TeSTra's amortised exact
+recomputation of its running sums, every ``N / 4`` pushes of a phase, is counted in its FLOPs per chunk
+by averaging over a whole recomputation period), then stepped ``reps`` times round-robin with the
+others, so load changes hit all alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from oad.bench.streaming import count_flops, machine_info
+from oad.online import OnlineDetector
+
+
+def paper_models() -> dict[str, Callable[[], torch.nn.Module]]:
+    """Builders of every model at its THUMOS'14 paper size (in_dim 3072, 22 classes)."""
+    from oad.models.linear import ChunkLinear
+    from oad.models.lstr import LSTR
+    from oad.models.miniroad import MiniROAD
+    from oad.models.oadtr import OadTR
+    from oad.models.testra import TeSTra
+    from oad.models.trn import TRN
+
+    return {
+        "OadTR (window 64)": lambda: OadTR(in_dim=3072),
+        "TRN": lambda: TRN(in_dim=3072),
+        "linear": lambda: ChunkLinear(in_dim=3072),
+        "MiniROAD": lambda: MiniROAD(in_dim=3072),
+        "LSTR (long 2048)": lambda: LSTR(in_dim=3072),
+        "TeSTra (long 2048)": lambda: TeSTra(in_dim=3072),
+    }
+
+
+def _flops_per_chunk(det, x: torch.Tensor, chunks: int) -> float:
+    total = count_flops(lambda: [det.step(x) for _ in range(chunks)])
+    return total / chunks
+
+
+def run(streams: tuple[int, ...] = (1, 16), dtypes: tuple[str, ...] = ("fp32", "bf16"), reps: int = 20,
+        history: int = 40, models: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``{'machine', 'rows': [{model, dtype, streams, step, gflop_per_chunk, median_ms, min_ms}]}``."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    rows = []
+    for name, build in (models or paper_models()).items():
+        net = build().eval().requires_grad_(False)
+        for dname in dtypes:
+            dets, xs = {}, {}
+            for n in streams:
+                try:
+                    det_n = OnlineDetector(net, dtype=dt[dname])
+                    det_n.prime(torch.randn(n, history, net.in_dim, generator=gen))
+                except Exception as e:  # noqa: BLE001 - a model without a bf16 path is a row with its error
+                    rows.append({"model": name, "dtype": dname, "streams": n, "error": f"{type(e).__name__}: {e}"})
+                    continue
+                dets[n], xs[n] = det_n, torch.randn(n, net.in_dim, generator=gen)
+            if not dets:
+                continue
+            period = max(1, getattr(dets[streams[0]]._engine, "period", 1)) * getattr(net, "long_stride", 1)
+            flops = {n: _flops_per_chunk(d, xs[n], min(period, 64) if n == 1 else 1) / n for n, d in dets.items()}
+            times: dict[int, list[float]] = {n: [] for n in dets}
+            for _ in range(reps):
+                for n, d in dets.items():
+                    t0 = time.perf_counter()
+                    d.step(xs[n])
+                    times[n].append(time.perf_counter() - t0)
+            for n, d in dets.items():
+                rows.append({"model": name, "dtype": dname, "streams": n, "step": d.implementation,
+                             "gflop_per_chunk": flops[n] / 1e9, "median_ms": 1e3 * statistics.median(times[n]),
+                             "min_ms": 1e3 * min(times[n]), "params": sum(p.numel() for p in net.parameters())})
+                log(f"  {name:<20} {dname} x{n:<3} {rows[-1]['median_ms']:8.2f} ms")
+        del net
+    return {"machine": machine_info(), "threads": torch.get_num_threads(), "reps": reps, "history": history,
+            "rows": rows}
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """Markdown table: per model and dtype, GFLOP per chunk and ms per step at each stream count."""
+    lines = [f"threads {r['threads']}, {r['reps']} round-robin steps each after a {r['history']}-chunk history",
+             "", "| model | dtype | streams | step | GFLOP/chunk | median ms/step | min ms | ms per chunk |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['dtype']} | {row['streams']} | error: {row['error']} | | | | |")
+            continue
+        lines.append(f"| {row['model']} | {row['dtype']} | {row['streams']} | {row['step']} | "
+                     f"{row['gflop_per_chunk']:.2f} | {row['median_ms']:.2f} | {row['min_ms']:.2f} | "
+                     f"{row['median_ms'] / row['streams']:.2f} |")
+    return "\n".join(lines)
