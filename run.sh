@@ -31,7 +31,15 @@ cmd=${1:-demo}
 shift || true
 case "$cmd" in
   demo) exec .venv/bin/python tools/train.py "$@" ;;
-  test) exec .venv/bin/python -m pytest -q "$@" ;;
+  test)
+    # tests/test_report.py drives headless Chromium: install it when missing (root with apt-get; never fatal,
+    # the browser tests skip without it)
+    if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "run.sh: installing chromium (apt-get) for the browser tests" >&2
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+        || echo "run.sh: could not install chromium; the browser tests will be skipped" >&2
+    fi
+    exec .venv/bin/python -m pytest -q "$@" ;;
   *)
     [ -f "tools/$cmd.py" ] || { echo "run.sh: unknown command '$cmd' (demo, test, or a tools/*.py name)" >&2; exit 2; }
     exec .venv/bin/python "tools/$cmd.py" "$@" ;;

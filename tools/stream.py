@@ -2,7 +2,9 @@
 
     .venv/bin/python tools/stream.py video=<file> ckpt_path=<checkpoint> output_dir=<dir>
     .venv/bin/python tools/stream.py features=<(T, D) .npy> ckpt_path=<checkpoint>
-The last printed line is the real-time factor; an unreadable input prints ``error: ...`` and exits with 2.
+    .venv/bin/python tools/stream.py video=<file> ckpt_path=<checkpoint> output_dir=<dir> report=true
+The last printed line is the real-time factor, or with ``report=true`` the path of ``report.html``; an
+unreadable input prints ``error: ...`` and exits with 2.
 """
 
 import sys

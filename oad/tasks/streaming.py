@@ -12,6 +12,9 @@ next one is read, and action events decided online (:class:`oad.online.EventDete
 - ``events.json``: ``meta``, the event rule and the events with the chunk at which their start and end
   were decided.
 - ``timeline.png``: the scores over time with the events (no ground truth).
+- ``report.html`` (``report=true``; :mod:`oad.report`): one self-contained page with the video (linked or
+  copied beside it), the top classes' scores, the events and a cursor following playback. For a features
+  file the page has no video (the timeline and the events table only).
 
 The real-time factor is video seconds / wall seconds of the streaming loop (decoding, features,
 detection, events): above 1 the run keeps up with a live stream.
@@ -79,7 +82,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         ``{'output_dir', 'scores_csv', 'scores_json', 'events_json', 'timeline', 'num_chunks',
-        'real_time_factor', 'events', 'meta'}``.
+        'real_time_factor', 'events', 'meta', 'report_html'}`` (``report_html``: None without ``report``).
 
     Raises:
         ValueError: neither or both inputs, a feature size that does not fit the checkpoint (raised before
@@ -224,6 +227,14 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
             title += f", {backbone} ({'RANDOM weights' if random_weights else weights})"
         timeline = str(plot_timeline(scores_arr, None, class_names, out / "timeline.png", fps=rate, title=title,
                                      ignore_index=ignore_index, events=event_list))
+    report_html = None
+    if cfg.get("report", False):
+        from oad.report import write_report
+
+        report_html = str(write_report(
+            out, video_path=video or None, scores=scores_arr, class_names=class_names, rate=rate,
+            events=event_list, meta={**meta, "event_rule": events.describe()}, ignore_index=ignore_index,
+            background_index=ev_cfg.get("background_index", 0)))
     if random_weights:
         log.warning("backbone weights are RANDOM: scores and events are meaningless (recorded in every output)")
     return {
@@ -236,6 +247,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         "real_time_factor": rtf,
         "events": event_list,
         "meta": meta,
+        "report_html": report_html,
     }
 
 
@@ -252,4 +264,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if m["random_weights"]:
         lines.append("WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only")
     lines.append(f"real-time factor: {m['real_time_factor']:.2f} (video seconds / wall seconds)")
+    if result.get("report_html"):
+        lines.append(f"report -> {result['report_html']}")
     return lines
