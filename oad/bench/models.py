@@ -28,6 +28,7 @@ def paper_models() -> dict[str, Callable[[], torch.nn.Module]]:
     from oad.models.lstr import LSTR
     from oad.models.miniroad import MiniROAD
     from oad.models.oadtr import OadTR
+    from oad.models.oadtr_sw import OadTRSW
     from oad.models.testra import TeSTra
     from oad.models.trn import TRN
 
@@ -38,6 +39,9 @@ def paper_models() -> dict[str, Callable[[], torch.nn.Module]]:
         "MiniROAD": lambda: MiniROAD(in_dim=3072),
         "LSTR (long 2048)": lambda: LSTR(in_dim=3072),
         "TeSTra (long 2048)": lambda: TeSTra(in_dim=3072),
+        "OadTR-SW (window 64)": lambda: OadTRSW(in_dim=3072),
+        "OadTR-SW (window 256)": lambda: OadTRSW(in_dim=3072, window=256),
+        "OadTR-SW (window 1024)": lambda: OadTRSW(in_dim=3072, window=1024),
     }
 
 

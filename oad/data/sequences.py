@@ -1,0 +1,122 @@
+"""Dense training sequences with their history: every chunk of a sequence supervised, as seen online.
+
+A sample is ``seq_len`` consecutive supervised chunks preceded by ``context`` chunks of history that are
+read (features) but not supervised. A sliding-window model whose output at chunk ``t`` depends on the
+``R`` chunks before it (its receptive field: ``(num_layers + 1) * (window - 1)`` for
+:class:`oad.models.oadtr_sw.OadTRSW`) then computes, for every supervised chunk, exactly what it computes
+online: with ``context >= R`` no supervised chunk sees a history truncated by the cut of the sequence
+(only by the start of its video, as online). Without the context the first ``R`` positions of every
+sequence (half of a 2L sequence) would be trained on a history that never occurs at test time.
+
+As ``WindowDataset(dense=True)`` (TRN): per video, non-overlapping supervised sequences from a random
+offset redrawn every epoch (``set_epoch``); the first ends at ``offset`` in ``1..seq_len``, the next
+every ``seq_len`` chunks, the last is clipped to the end of the video (it may repeat chunks), so the
+count per video does not depend on the offset and every chunk is supervised once per epoch. Positions
+before the start of the video are zero padded (``mask`` False, targets zero: unsupervised). Nothing is
+left out: Ambiguous chunks are excluded by the criterion (:class:`oad.losses.OadCriterion`).
+
+An item (collated into a :class:`oad.data.windows.Batch`):
+    ``features (context + seq_len, D)``, ``mask (context + seq_len,)``, ``target (seq_len, C)``,
+    ``future_target (seq_len, Q, C)`` (chunk ``t + future_offset + j``; zeros past the video's end),
+    ``video``, ``end`` (exclusive end of the supervised chunks).
+The supervised chunks are the last ``seq_len`` feature rows: a model's ``training_logits`` scores the
+last ``target.shape[1]`` positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from oad.data.base import Video
+from oad.data.windows import future_targets
+
+
+def sequence_lengths(config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(seq_len, context)`` of a model config: ``seq_len`` (default ``2 * window``) and ``context``
+    (default the receptive field ``(num_layers + 1) * (window - 1)``; num_layers defaults to 3)."""
+    window = int(config.get("window", 64))
+    seq_len = config.get("seq_len")
+    seq_len = 2 * window if seq_len is None else int(seq_len)
+    context = config.get("context")
+    if context is None:
+        context = (int(config.get("num_layers", 3)) + 1) * (window - 1)
+    if seq_len < 1 or int(context) < 0:
+        raise ValueError(f"need seq_len >= 1 and context >= 0, got {seq_len}, {context}")
+    return seq_len, int(context)
+
+
+class SequenceDataset(Dataset):
+    """Supervised sequences of ``seq_len`` chunks with ``context`` chunks of history (module docstring).
+
+    Args:
+        videos: the split's videos.
+        seq_len: supervised chunks per sample.
+        context: history chunks in front of them (features only).
+        num_queries: future targets ``Q`` per chunk.
+        future_offset: future step ``j`` of chunk ``t`` targets chunk ``t + future_offset + j``.
+        seed: seed of the per-epoch offsets.
+    """
+
+    def __init__(self, videos: list[Video], seq_len: int, context: int, num_queries: int, future_offset: int = 1,
+                 seed: int = 0):
+        if seq_len < 1 or context < 0:
+            raise ValueError(f"need seq_len >= 1 and context >= 0, got {seq_len}, {context}")
+        self.videos, self.seq_len, self.context = videos, seq_len, context
+        self.num_queries, self.future_offset, self.seed = num_queries, future_offset, seed
+        self.in_dim = videos[0].in_dim if videos else 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Rebuild the index with new random offsets."""
+        S = self.seq_len
+        rng = np.random.default_rng((self.seed, epoch))
+        pairs = []
+        for vi, v in enumerate(self.videos):
+            T = v.num_chunks
+            offset = int(rng.integers(1, S + 1))
+            count = -(-(T - 1) // S) + 1
+            ends = np.minimum(offset + S * np.arange(count), T)
+            pairs.append(np.stack([np.full(len(ends), vi), ends], axis=1))
+        self.index = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        vi, end = (int(x) for x in self.index[i])
+        v = self.videos[vi]
+        S, n_all = self.seq_len, self.seq_len + self.context
+        lo = max(0, end - n_all)  # first real feature row
+        feats = np.zeros((n_all, v.in_dim), dtype=np.float32)
+        feats[n_all - (end - lo):] = v.features(lo, end)
+        mask = np.zeros(n_all, dtype=bool)
+        mask[n_all - (end - lo):] = True
+        C = v.targets.shape[1]
+        s0 = max(0, end - S)  # first real supervised chunk
+        k = end - s0
+        target = np.zeros((S, C), dtype=np.float32)
+        target[S - k:] = v.targets[s0:end]
+        fut = np.zeros((S, self.num_queries, C), dtype=np.float32)
+        fut[S - k:] = future_targets(v.targets, np.arange(s0, end), self.num_queries, self.future_offset)
+        return {
+            "features": torch.from_numpy(feats),
+            "mask": torch.from_numpy(mask),
+            "target": torch.from_numpy(target),
+            "future_target": torch.from_numpy(fut),
+            "video": torch.tensor(vi),
+            "end": torch.tensor(end),
+        }
+
+
+def dense_sequences(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
+                    seed: int = 0) -> SequenceDataset:
+    """The model's samples function (``samples = "oad.data.sequences:dense_sequences"``): sequences of
+    ``seq_len`` supervised chunks with ``context`` chunks of history (:func:`sequence_lengths`)."""
+    seq_len, context = sequence_lengths(config)
+    return SequenceDataset(videos, seq_len, context, int(config.get("num_queries", 0)),
+                           future_offset=int(config.get("future_offset", 1)), seed=seed)

@@ -1,0 +1,314 @@
+"""OadTR-SW (``oad/models/oadtr_sw.py``, ``oad/online/oadtr_sw.py``, ``oad/data/sequences.py``): streaming
+equals offline scoring for short, medium and long videos and 1 or 3 streams; causality (a chunk's state
+never changes); left padding and tiling are invisible; every parameter is trained; the training sequences;
+the paper-size parameter count; the step's FLOPs against OadTR's; bf16; one epoch through the real task."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+from torch.utils.flop_counter import FlopCounterMode
+
+from oad.data.base import Video
+from oad.data.sequences import SequenceDataset, dense_sequences, sequence_lengths
+from oad.losses import OadCriterion
+from oad.models.base import class_probabilities, count_parameters
+from oad.models.oadtr import OadTR
+from oad.models.oadtr_sw import OadTRSW, alibi_slopes
+from oad.online import OnlineDetector
+from oad.online.oadtr_sw import OadTRSWStep
+from oad.tasks.scoring import score_videos
+from tests.conftest import TINY, compose_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+IN_DIM, WINDOW, K = 24, 8, 4
+
+
+def small(seed: int = 0, **kw) -> OadTRSW:
+    torch.manual_seed(seed)
+    sizes = {"window": WINDOW, "d_model": 32, "num_heads": 4, "num_layers": 2, "mlp_dim": 48, "num_queries": 4,
+             "decoder_layers": 3, "decoder_heads": 2, "decoder_dim": 16, "decoder_ffn_dim": 40, "decoder_window": K}
+    net = OadTRSW(in_dim=IN_DIM, num_classes=22, **{**sizes, **kw})
+    for p in net.parameters():  # larger than the default init, so the scores vary between chunks
+        torch.nn.init.normal_(p, std=0.3)
+    net.tile = 16  # several tiles on the longer videos
+    return net.eval()
+
+
+def stream(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step every chunk of ``(N, T, D)``; ``(N, T, C)``, ``(N, T, Q, C)``."""
+    outs = [det.step(feats[:, t]) for t in range(feats.shape[1])]
+    return torch.stack([o.scores for o in outs], 1), torch.stack([o.future_scores for o in outs], 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streaming == offline
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [WINDOW - 3, 2 * WINDOW + 3, 10 * WINDOW])
+@pytest.mark.parametrize("N", [1, 3])
+def test_streaming_equals_offline_scoring(T, N):
+    net = small()
+    feats = torch.randn(N, T, IN_DIM, generator=torch.Generator().manual_seed(T + N))
+    offline = score_videos(net, list(feats))
+    det = OnlineDetector(net)
+    assert det.implementation == "kv-cache"
+    scores, future = stream(det, feats)
+    assert scores.shape == (N, T, 22) and future.shape == (N, T, 4, 22)
+    for i, (logits, fut) in enumerate(offline):
+        assert logits.shape == (T, 22) and fut.shape == (T, 4, 22)
+        assert_close(scores[i], class_probabilities(logits, 21), atol=1e-5, rtol=0)
+        assert_close(future[i], class_probabilities(fut, 21), atol=1e-5, rtol=0)
+    # the comparison is not between constants
+    assert scores.argmax(-1).unique().numel() > 1 or scores.std(1).max() > 1e-3
+
+
+def test_prime_and_reset_leave_the_state_stepping_would():
+    net = small(1)
+    feats = torch.randn(2, 3 * WINDOW, IN_DIM, generator=torch.Generator().manual_seed(3))
+    ref = stream(OnlineDetector(net), feats)[0]
+    for k in (0, 3, WINDOW, 2 * WINDOW + 1):
+        det = OnlineDetector(net)
+        det.prime(feats[:, :k])
+        assert_close(stream(det, feats[:, k:])[0], ref[:, k:], atol=1e-5, rtol=0)
+    det = OnlineDetector(net)
+    stream(det, feats[:1])
+    det.reset()
+    assert_close(stream(det, feats)[0], ref, atol=0, rtol=0)
+
+
+def test_tiling_does_not_change_the_scores():
+    net = small(2)
+    x = torch.randn(5 * WINDOW + 1, IN_DIM, generator=torch.Generator().manual_seed(4))
+    ref = net.forward_video(x)
+    for tile in (1, 7, 1000):
+        net.tile = tile
+        out = net.forward_video(x)
+        assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
+        assert_close(out[1], ref[1], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Causality, padding
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_chunk_never_changes_once_computed():
+    """Its encoder state does not change when later chunks are appended, nor its outputs when the
+    features after it change."""
+    net = small(5)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 4 * WINDOW, IN_DIM, generator=gen)
+    with torch.no_grad():
+        full = net.encode(net.embed(x), None)
+        for t in (0, WINDOW - 1, 3 * WINDOW):
+            assert_close(net.encode(net.embed(x[:, : t + 1]), None), full[:, : t + 1], atol=1e-5, rtol=1e-5)
+        t = 2 * WINDOW + 1
+        y = x.clone()
+        y[:, t + 1:] = torch.randn(1, y.shape[1] - t - 1, IN_DIM, generator=gen) * 10
+        a, b = net(x), net(y)
+    assert_close(a[0][:, : t + 1], b[0][:, : t + 1], atol=1e-5, rtol=1e-5)
+    assert_close(a[1][:, : t + 1], b[1][:, : t + 1], atol=1e-5, rtol=1e-5)
+    assert (a[0][:, t + 1:] - b[0][:, t + 1:]).abs().max() > 1e-3
+
+
+def test_receptive_field_is_the_default_context():
+    """The output at t depends on chunk t - R (R = (num_layers + 1) * (L - 1)) and on nothing older."""
+    net = small(7)
+    R = (2 + 1) * (WINDOW - 1)
+    assert net.context == R and net.seq_len == 2 * WINDOW
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(1, R + 5, IN_DIM, generator=gen)
+    t = R + 4
+    with torch.no_grad():
+        ref = net(x)[0][:, t]
+        older = x.clone()
+        older[:, : t - R] += 5  # chunks t-R-1 and before: no effect
+        assert_close(net(older)[0][:, t], ref, atol=1e-5, rtol=1e-5)
+        edge = x.clone()
+        edge[:, t - R] += 5  # chunk t-R: an effect
+        assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
+
+
+def test_left_padding_is_invisible_and_start_scores_the_tail():
+    net = small(9)
+    gen = torch.Generator().manual_seed(10)
+    short = torch.randn(2, 11, IN_DIM, generator=gen)
+    padded = torch.cat([torch.randn(2, 7, IN_DIM, generator=gen) * 100, short], dim=1)  # garbage in the padding
+    mask = torch.zeros(2, 18, dtype=torch.bool)
+    mask[:, 7:] = True
+    mask[1, 7] = False  # another history length in the same batch
+    with torch.no_grad():
+        a = net(padded, mask, start=7)
+        b = net(short)
+        c = net(short[1:, 1:])
+    assert a[0].shape == (2, 11, 22) and a[1].shape == (2, 11, 4, 22)
+    assert_close(a[0][0], b[0][0], atol=1e-5, rtol=1e-5)
+    assert_close(a[1][0], b[1][0], atol=1e-5, rtol=1e-5)
+    assert_close(a[0][1, 1:], c[0][0], atol=1e-5, rtol=1e-5)
+    assert_close(a[1][1, 1:], c[1][0], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(net(padded, mask)[0]).all()  # padded positions: finite, unused
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_videos(lengths, in_dim=IN_DIM, seed=0) -> list[Video]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, T in enumerate(lengths):
+        feats = rng.normal(size=(T, in_dim)).astype(np.float32)
+        feats[:, 0] = np.arange(T)  # the chunk index, to check the alignment
+        lab = rng.integers(0, 22, size=T)
+        out.append(Video(f"v{i}", (feats[:, :3], feats[:, 3:]), np.eye(22, dtype=np.float32)[lab]))
+    return out
+
+
+def test_sequences_carry_their_history_and_supervise_every_chunk_once():
+    videos = make_videos([5, 37, 100])
+    S, ctx, Q = 16, 21, 4
+    ds = SequenceDataset(videos, S, ctx, Q, future_offset=1, seed=3)
+    offsets = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        seen = {i: np.zeros(v.num_chunks, int) for i, v in enumerate(videos)}
+        for i in range(len(ds)):
+            item = ds[i]
+            vi, end = int(item["video"]), int(item["end"])
+            v = videos[vi]
+            f, m = item["features"].numpy(), item["mask"].numpy()
+            assert f.shape == (S + ctx, IN_DIM) and item["target"].shape == (S, 22)
+            assert item["future_target"].shape == (S, Q, 22)
+            t_all = np.arange(end - S - ctx, end)
+            assert (m == (t_all >= 0)).all()
+            assert (f[m, 0] == t_all[m]).all() and (f[~m] == 0).all()
+            t_sup = t_all[ctx:]
+            real = t_sup >= 0
+            assert (item["target"].numpy()[real] == v.targets[t_sup[real]]).all()
+            assert (item["target"].numpy()[~real] == 0).all()
+            fut = item["future_target"].numpy()
+            for j in range(Q):
+                ok = real & (t_sup + 1 + j < v.num_chunks)
+                assert (fut[ok, j] == v.targets[t_sup[ok] + 1 + j]).all()
+                assert (fut[~ok, j] == 0).all()
+            seen[vi][t_sup[real]] += 1
+        for vi, count in seen.items():
+            assert (count >= 1).all()  # every chunk once (the clipped last sequence may repeat some)
+        offsets.append(tuple(int(ds.index[i, 1]) for i in range(len(ds))))
+    assert offsets[0] != offsets[1]  # new random offsets every epoch
+    # the samples function reads the model's config; defaults are the model's
+    assert sequence_lengths({"window": 8, "num_layers": 2}) == (16, 21)
+    d = dense_sequences(videos, {"window": 8, "num_layers": 2, "num_queries": 4, "future_offset": 1},
+                        ignore_index=21, seed=0)
+    assert (d.seq_len, d.context, d.num_queries) == (16, 21, 4)
+
+
+def test_every_parameter_gets_a_gradient_through_the_criterion():
+    torch.manual_seed(0)
+    net = OadTRSW(in_dim=IN_DIM, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4,
+                  decoder_layers=2, decoder_heads=2, decoder_dim=16, decoder_ffn_dim=40, decoder_window=K).train()
+    videos = make_videos([30, 9, 60], seed=1)
+    ds = dense_sequences(videos, {"window": WINDOW, "num_layers": 2, "num_queries": 4, "future_offset": 1},
+                         ignore_index=21, seed=0)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    assert not batch["mask"].all()  # padded histories are in the batch
+    logits, future = net.training_logits(batch)
+    assert logits.shape == batch["target"].shape and future.shape == batch["future_target"].shape
+    terms = OadCriterion(ignore_index=21)(logits, future, batch["target"], batch["future_target"])
+    assert torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_one_epoch_through_the_train_task(tmp_path):
+    from oad.tasks import train
+
+    cfg = compose_cfg("train", ["model=oadtr_sw", *TINY], tmp_path)
+    assert cfg.model.window == 32 and cfg.data.batch_size == 8 and cfg.model.seq_len == 16
+    result = train(cfg)
+    mAP = result["metrics"]["headline"]["mAP"]
+    assert math.isfinite(mAP) and 0.0 <= mAP <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sizes and cost
+# ---------------------------------------------------------------------------------------------------
+
+
+PAPER_PARAMETERS = 46_791_212  # in_dim 3072, 22 classes, the defaults = configs/model/oadtr_sw.yaml
+
+
+def test_paper_parameter_count_and_config(tmp_path):
+    with torch.device("meta"):
+        net = OadTRSW(in_dim=3072)
+    assert count_parameters(net) == PAPER_PARAMETERS
+    assert (net.window, net.d_model, net.decoder_dim, net.decoder_window, net.num_queries) == (64, 1024, 512, 16, 8)
+    assert (net.seq_len, net.context) == (128, 252)
+    cfg = compose_cfg("train", ["model=oadtr_sw", "size=paper"], tmp_path)
+    kwargs = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    with torch.device("meta"):
+        from_cfg = OadTRSW(in_dim=3072, num_classes=22, **kwargs)
+    assert count_parameters(from_cfg) == PAPER_PARAMETERS
+    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4 and cfg.trainer.gradient_clip_val == 1.0
+    assert cfg.data.batch_size * cfg.model.seq_len == 128  # OadTR's 128 supervised chunks per step
+
+
+def step_flops(window: int) -> int:
+    """FLOPs of one step (batch 1, ring full) of the paper-size model, on the meta device."""
+    meta = torch.device("meta")
+    with meta:
+        net = OadTRSW(in_dim=3072, window=window)
+    step = OadTRSWStep(net, meta, torch.float32)
+    step.start(1)
+    step.prime(torch.zeros(1, 2, 3072, device=meta))
+    step.count = 2 * window  # a full ring (the biases are the only thing the count selects)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        step.step(torch.zeros(1, 3072, device=meta))
+    return fc.get_total_flops()
+
+
+def test_step_flops_are_10x_below_oadtr_and_almost_flat_in_the_window():
+    meta = torch.device("meta")
+    with meta:
+        oadtr = OadTR(in_dim=3072).eval().requires_grad_(False)
+    with FlopCounterMode(display=False) as fc:
+        oadtr(torch.zeros(1, 64, 3072, device=meta))
+    full = fc.get_total_flops()
+    assert 4.9e9 < full < 5.0e9  # ~4.95 GFLOP: OadTR re-encodes its window at every chunk
+    f64, f256, f1024 = step_flops(64), step_flops(256), step_flops(1024)
+    # measured: 0.267 / 0.271 / 0.283 GFLOP (18.5x below OadTR at L = 64; +5.9% at L = 1024)
+    assert full / f64 >= 10, (full, f64)
+    assert f64 < f256 < f1024 < 1.25 * f64, (f64, f256, f1024)
+    assert 0.26e9 < f64 < 0.28e9
+
+
+def test_alibi_slopes():
+    assert alibi_slopes(8) == [2.0 ** -(i + 1) for i in range(8)]
+    assert alibi_slopes(4) == [2.0 ** -(2 * (i + 1)) for i in range(4)]
+    s = alibi_slopes(6)
+    assert len(s) == 6 and s[:4] == alibi_slopes(4) and all(a > 0 for a in s)
+
+
+def test_bf16_runs_and_agrees_with_fp32_on_the_top_class():
+    torch.manual_seed(0)
+    net = OadTRSW(in_dim=64, window=WINDOW, d_model=64, num_heads=4, num_layers=2, mlp_dim=64, num_queries=4,
+                  decoder_layers=2, decoder_heads=2, decoder_dim=32, decoder_ffn_dim=64, decoder_window=K).eval()
+    feats = torch.randn(3, 3 * WINDOW, 64, generator=torch.Generator().manual_seed(7))
+    fp32 = stream(OnlineDetector(net), feats)[0]
+    bf16, future = stream(OnlineDetector(net, dtype=torch.bfloat16), feats)
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all() and torch.isfinite(future).all()
+    assert_close(bf16.sum(-1), torch.ones(bf16.shape[:2]), atol=1e-4, rtol=0)
+    agree = (bf16.argmax(-1) == fp32.argmax(-1)).float().mean().item()
+    assert agree > 0.9, agree
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the model is left alone
