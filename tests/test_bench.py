@@ -44,6 +44,30 @@ def test_every_model_builds_at_paper_size_for_the_benchmarks():
     from oad.bench.models import paper_models
 
     for name, build in paper_models().items():
+        build = build[0] if isinstance(build, tuple) else build
         with torch.device("meta"):
             net = build()
         assert net.in_dim == 3072 and getattr(net, "online_step", None), name
+
+
+def test_model_step_table_structure():
+    """oad.bench.models (``tools/bench.py --models``) on small models: one row per model, dtype and
+    stream count, FLOPs counted, the fused and the plain OadTR step both timed."""
+    from oad.bench import models
+    from oad.models.oadtr import OadTR
+    from oad.models.testra import TeSTra
+
+    def small_oadtr():
+        return OadTR(in_dim=16, window=8, d_model=32, num_heads=4, num_layers=1, mlp_dim=32, num_queries=2,
+                     decoder_layers=1, decoder_heads=2, decoder_ffn_dim=32)
+
+    nets = {"oadtr": small_oadtr, "oadtr plain": (small_oadtr, {"fused": False}),
+            "testra": lambda: TeSTra(in_dim=16, d_model=32, num_heads=4, ffn_dim=32, long_memory=16, work_memory=4,
+                                     enc_queries=(4, 4))}
+    r = models.run(streams=(1, 3), dtypes=("fp32",), reps=2, history=6, models=nets, log=lambda s: None)
+    rows = {(row["model"], row["streams"]): row for row in r["rows"]}
+    assert set(rows) == {(m, n) for m in nets for n in (1, 3)}
+    assert rows[("oadtr plain", 1)]["step"] == "plain" and rows[("oadtr", 1)]["step"].startswith("fused")
+    for row in rows.values():
+        assert row["gflop_per_chunk"] > 0 and row["median_ms"] > 0
+    assert "| testra | fp32 | 3 |" in models.format_table(r)

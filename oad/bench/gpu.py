@@ -114,10 +114,11 @@ def streaming_latency(device: str = "cuda", repeats: int = 300, warmup: int = 20
     from oad.bench.models import paper_models
 
     for name, build in (nets or paper_models()).items():
+        build, options = build if isinstance(build, tuple) else (build, {})
         net = build().to(device).eval()
         for dtype in (torch.float32, torch.bfloat16):
             x = torch.randn(net.in_dim, device=device)
-            det = OnlineDetector(net, dtype=dtype, device=device)
+            det = OnlineDetector(net, dtype=dtype, device=device, **options)
             times = []
             for i in range(warmup + repeats):
                 sync(device)

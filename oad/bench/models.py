@@ -22,8 +22,9 @@ from oad.bench.streaming import count_flops, machine_info
 from oad.online import OnlineDetector
 
 
-def paper_models() -> dict[str, Callable[[], torch.nn.Module]]:
-    """Builders of every model at its THUMOS'14 paper size (in_dim 3072, 22 classes)."""
+def paper_models() -> dict[str, Callable[[], torch.nn.Module] | tuple[Callable[[], torch.nn.Module], dict]]:
+    """Builders of every model at its THUMOS'14 paper size (in_dim 3072, 22 classes); a tuple adds the
+    online step's options (OadTR's plain step beside its fused CPU engine)."""
     from oad.models.linear import ChunkLinear
     from oad.models.lstr import LSTR
     from oad.models.miniroad import MiniROAD
@@ -34,6 +35,7 @@ def paper_models() -> dict[str, Callable[[], torch.nn.Module]]:
 
     return {
         "OadTR (window 64)": lambda: OadTR(in_dim=3072),
+        "OadTR plain step": (lambda: OadTR(in_dim=3072), {"fused": False}),
         "TRN": lambda: TRN(in_dim=3072),
         "linear": lambda: ChunkLinear(in_dim=3072),
         "MiniROAD": lambda: MiniROAD(in_dim=3072),
@@ -58,12 +60,13 @@ def run(streams: tuple[int, ...] = (1, 16), dtypes: tuple[str, ...] = ("fp32", "
     torch.manual_seed(0)
     rows = []
     for name, build in (models or paper_models()).items():
+        build, options = build if isinstance(build, tuple) else (build, {})
         net = build().eval().requires_grad_(False)
         for dname in dtypes:
             dets, xs = {}, {}
             for n in streams:
                 try:
-                    det_n = OnlineDetector(net, dtype=dt[dname])
+                    det_n = OnlineDetector(net, dtype=dt[dname], **options)
                     det_n.prime(torch.randn(n, history, net.in_dim, generator=gen))
                 except Exception as e:  # noqa: BLE001 - a model without a bf16 path is a row with its error
                     rows.append({"model": name, "dtype": dname, "streams": n, "error": f"{type(e).__name__}: {e}"})
