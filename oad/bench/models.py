@@ -54,40 +54,45 @@ def _flops_per_chunk(det, x: torch.Tensor, chunks: int) -> float:
 
 def run(streams: tuple[int, ...] = (1, 16), dtypes: tuple[str, ...] = ("fp32", "bf16"), reps: int = 20,
         history: int = 40, models: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``{'machine', 'rows': [{model, dtype, streams, step, gflop_per_chunk, median_ms, min_ms}]}``."""
+    """``{'machine', 'rows': [{model, dtype, streams, step, gflop_per_chunk, median_ms, min_ms}]}``.
+
+    Every configuration (model, dtype, streams) is built and primed first, then all are stepped
+    round-robin ``reps`` times, so a load change on the machine hits every row alike.
+    """
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    rows = []
+    rows, configs = [], []
     for name, build in (models or paper_models()).items():
         build, options = build if isinstance(build, tuple) else (build, {})
         net = build().eval().requires_grad_(False)
         for dname in dtypes:
-            dets, xs = {}, {}
             for n in streams:
                 try:
-                    det_n = OnlineDetector(net, dtype=dt[dname], **options)
-                    det_n.prime(torch.randn(n, history, net.in_dim, generator=gen))
-                except Exception as e:  # noqa: BLE001 - a model without a bf16 path is a row with its error
+                    det = OnlineDetector(net, dtype=dt[dname], **options)
+                    det.prime(torch.randn(n, history, net.in_dim, generator=gen))
+                except Exception as e:  # noqa: BLE001 - a model without a path for this dtype: a row with its error
                     rows.append({"model": name, "dtype": dname, "streams": n, "error": f"{type(e).__name__}: {e}"})
                     continue
-                dets[n], xs[n] = det_n, torch.randn(n, net.in_dim, generator=gen)
-            if not dets:
-                continue
-            period = max(1, getattr(dets[streams[0]]._engine, "period", 1)) * getattr(net, "long_stride", 1)
-            flops = {n: _flops_per_chunk(d, xs[n], min(period, 64) if n == 1 else 1) / n for n, d in dets.items()}
-            times: dict[int, list[float]] = {n: [] for n in dets}
-            for _ in range(reps):
-                for n, d in dets.items():
-                    t0 = time.perf_counter()
-                    d.step(xs[n])
-                    times[n].append(time.perf_counter() - t0)
-            for n, d in dets.items():
-                rows.append({"model": name, "dtype": dname, "streams": n, "step": d.implementation,
-                             "gflop_per_chunk": flops[n] / 1e9, "median_ms": 1e3 * statistics.median(times[n]),
-                             "min_ms": 1e3 * min(times[n]), "params": sum(p.numel() for p in net.parameters())})
-                log(f"  {name:<20} {dname} x{n:<3} {rows[-1]['median_ms']:8.2f} ms")
-        del net
+                x = torch.randn(n, net.in_dim, generator=gen)
+                # TeSTra recomputes a phase's sums every N / 4 pushes of that phase: count FLOPs over a period
+                period = max(1, getattr(det._engine, "period", 1)) * int(getattr(net, "long_stride", 1))
+                chunks = min(period, 64) if n == 1 else 1
+                flops = _flops_per_chunk(det, x, chunks) / n
+                configs.append({"model": name, "dtype": dname, "streams": n, "step": det.implementation,
+                                "gflop_per_chunk": flops / 1e9, "params": sum(p.numel() for p in net.parameters()),
+                                "det": det, "x": x, "times": []})
+        log(f"  built {name}")
+    for _ in range(reps):
+        for c in configs:
+            t0 = time.perf_counter()
+            c["det"].step(c["x"])
+            c["times"].append(time.perf_counter() - t0)
+    for c in configs:
+        times = c.pop("times")
+        c.pop("det"), c.pop("x")
+        rows.append({**c, "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)})
+        log(f"  {c['model']:<22} {c['dtype']} x{c['streams']:<3} {rows[-1]['median_ms']:8.2f} ms")
     return {"machine": machine_info(), "threads": torch.get_num_threads(), "reps": reps, "history": history,
             "rows": rows}
 
