@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 import os
 import re
 import subprocess
@@ -371,6 +372,25 @@ def write_video(path, n: int, fps: int = 25):
         for packet in s.encode():
             c.mux(packet)
     return path
+
+
+def test_stream_task_int8_precision(tmp_path):
+    """``precision=int8``: the detector runs the int8 step; its scores stay close to fp32's; a bad
+    precision is refused before anything is read."""
+    from oad.tasks.streaming import stream
+
+    save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
+    feats = np.random.default_rng(0).normal(size=(3 * WINDOW + 2, IN_DIM)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    common = {"features": tmp_path / "f.npy", "ckpt_path": tmp_path / "tiny.ckpt"}
+    fp32 = stream(compose_cfg("stream", [f"{k}={v}" for k, v in common.items()], tmp_path / "fp32"))
+    int8 = stream(compose_cfg("stream", [*[f"{k}={v}" for k, v in common.items()], "precision=int8"], tmp_path / "int8"))
+    assert int8["meta"]["precision"] == "int8" and "int8" in int8["meta"]["implementation"]
+    a = np.array(json.loads(Path(fp32["scores_json"]).read_text())["scores"])
+    b = np.array(json.loads(Path(int8["scores_json"]).read_text())["scores"])
+    assert a.shape == b.shape and np.abs(a - b).max() < 0.05  # int8 vs fp32: tests/test_int8.py tolerances (0.03-0.15)
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or int8"):
+        stream(compose_cfg("stream", [*[f"{k}={v}" for k, v in common.items()], "precision=int4"], tmp_path / "x"))
 
 
 def stream_cfg(tmp_path, **over):

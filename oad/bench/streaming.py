@@ -579,14 +579,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.add_argument("--models", action="store_true",
                    help="only every model's online step side by side (oad.bench.models): GFLOP/chunk and ms")
-    p.add_argument("--reps", type=int, default=20, help="--models: round-robin steps per configuration")
+    p.add_argument("--reps", type=int, default=20, help="--models, --int8: round-robin steps per configuration "
+                   "(--int8: at batch 1; max(3, reps // 4) with --streams streams)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="--models: comma-separated dtypes (fp32, bf16)")
+    p.add_argument("--int8", action="store_true",
+                   help="only fp32 / bf16 / int8 OadTR steps side by side at paper size (oad.bench.int8)")
+    p.add_argument("--int8-ckpt", type=Path, default=None,
+                   help="--int8: also int8 vs fp32 agreement and test mAP of this trained checkpoint")
+    p.add_argument("--int8-onnx", action="store_true",
+                   help="--int8: also time the ONNX fp32 / int8 (onnxruntime quantize_dynamic) steps")
+    p.add_argument("--int8-models", action="store_true",
+                   help="--int8: also every model's step at paper size, fp32 vs int8 at batch 1")
     args = p.parse_args(argv)
+    if args.int8 or args.int8_ckpt:
+        from oad.bench import int8
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = int8.run(streams=(1, args.streams or 16), reps=args.reps, onnx=args.int8_onnx, models=args.int8_models,
+                          ckpt=str(args.int8_ckpt) if args.int8_ckpt else None,
+                          log=lambda s: print(s, file=sys.stderr, flush=True))
+        print(int8.format_table(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return 0
     if args.models:
         from oad.bench import models
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = models.run(reps=args.reps, log=lambda s: print(s, file=sys.stderr, flush=True))
+        result = models.run(reps=args.reps, dtypes=tuple(args.dtypes.split(",")),
+                            log=lambda s: print(s, file=sys.stderr, flush=True))
         print(models.format_table(result))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")

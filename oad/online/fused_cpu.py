@@ -15,6 +15,11 @@ It computes the same function as ``OadTR.forward_embedded`` of the window ending
   contiguously once, with the attention scale folded into the query weights, so no batched product
   copies its operands.
 
+With ``int8`` the products run on int8 weights with PyTorch's dynamic quantized kernels (fbgemm,
+:mod:`oad.online.quantized`), each weight quantized per output channel exactly as ``quantize_linear``
+quantizes the layer (so the fused keys/values and query/key/value weights hold the layers' own int8 rows),
+activations float32; the first decoder layer's constant block stays float32.
+
 Used by :class:`oad.online.oadtr.OadTRStep` on the CPU, with the oneDNN ops where :func:`can_prepack`
 holds and plain ``F.linear`` on a torch build without them; off the CPU the plain
 :class:`oad.online.window.WindowStep` runs.
@@ -30,6 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oad.models.oadtr import OadTR
+from oad.online.quantized import (
+    int8_linear,
+    int8_linear_add,
+    int8_linear_gelu,
+    pack_linear,
+)
 from oad.online.window import RingBuffer
 
 
@@ -103,17 +114,21 @@ class FusedOadTREngine:
     product re-packs its weight at every step (on this project's CPUs that is 1.3-2x faster per product).
     """
 
-    def __init__(self, net: OadTR, device: torch.device, dtype: torch.dtype, prepack: bool):
+    def __init__(self, net: OadTR, device: torch.device, dtype: torch.dtype, prepack: bool, int8: bool = False):
+        if int8 and (device.type != "cpu" or dtype != torch.float32 or prepack):
+            raise ValueError("the int8 fused engine runs on the CPU in float32 without oneDNN prepacking")
         self.device, self.dtype = device, dtype
         self.L, self.d, self.Q = net.window, net.d_model, net.num_queries
         self.enc_heads = net.encoder[0].attn.num_heads if len(net.encoder) else 1
         self.dec_heads = net.decoder[0].cross_attention.num_heads if len(net.decoder) else 1
         if not len(net.decoder):
             raise ValueError("OadTR without decoder layers is not supported by the streaming runner")
-        self.prepack = prepack
+        self.prepack, self.int8 = prepack, int8
         self.linear = _dnn_linear if prepack else F.linear
         self.linear_gelu = _dnn_linear_gelu if prepack else _linear_gelu
         self.linear_add = _dnn_linear_add if prepack else _linear_add
+        if int8:  # fbgemm's prepacked int8 weights (oad.online.quantized), activations float32
+            self.linear, self.linear_gelu, self.linear_add = int8_linear, int8_linear_gelu, int8_linear_add
         # bf16 on the CPU: contiguous heads and a query projection that carries the attention scale
         self.packed_heads = device.type == "cpu" and dtype == torch.bfloat16
         self.enc_attention = _attention_packed_heads if self.packed_heads else _attention_sdpa
@@ -122,6 +137,8 @@ class FusedOadTREngine:
             return None if t is None else t.detach().to(device=device, dtype=dtype, copy=True).contiguous()
 
         def lin(w: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+            if int8:  # (packed int8 weight and bias, None): quantized as quantize_linear quantizes a layer
+                return pack_linear(w, b), None
             w = own(w)
             if prepack:
                 w = torch.ops.mkldnn._reorder_linear_weight(w, None)

@@ -31,17 +31,66 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oad.models.lstr import MultiheadAttention
 from oad.online.base import OnlineStep
+from oad.online.quantized import check_int8_device, quantize_linear, quantized_layer
+
+
+class Int8MultiheadAttention(MultiheadAttention):
+    """LSTR's attention with int8 query/key/value projections (``q_proj``, ``k_proj``, ``v_proj``: the rows
+    of ``in_proj_weight``, quantized per output channel as :func:`oad.online.quantized.quantize_linear`
+    quantizes a layer). The float ``in_proj_weight``/``in_proj_bias`` stay for :meth:`projections`, which
+    the input-independent stage-1 terms and the per-chunk long-memory keys/values read."""
+
+    @classmethod
+    def convert(cls, m: MultiheadAttention) -> Int8MultiheadAttention:
+        (wq, bq), (wk, bk), (wv, bv) = m.projections()
+        m.__class__ = cls
+        m.q_proj, m.k_proj, m.v_proj = (quantized_layer(w, b) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+        return m
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        B, Lq, d = query.shape
+        S, H = key.shape[1], self.num_heads
+        # (B, L, d) -> (B, H, L, d/H); the same products as MultiheadAttention.forward, on int8 weights
+        q = self.q_proj(query).reshape(B, Lq, H, d // H).transpose(1, 2)
+        k = self.k_proj(key).reshape(B, S, H, d // H).transpose(1, 2)
+        v = self.v_proj(value).reshape(B, S, H, d // H).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))  # (B, H, Lq, d/H) -> (B, Lq, d)
+
+
+def quantize_lstr(net: nn.Module) -> nn.Module:
+    """An int8 copy of an LSTR or TeSTra (``net`` is left alone): :func:`~oad.online.quantized.quantize_linear`
+    (feature heads, output projections, FFNs, classifier) and the attention in-projections
+    (:class:`Int8MultiheadAttention`). Float32 remain: norms, learned queries, positions, and the products
+    the model writes on the raw in-projection weights (``projections()``): the first compression stage's
+    constant query/slot terms and the per-chunk long-memory keys/values (``LSTR.long_parts``, 2 ``d x d``)."""
+    q = quantize_linear(net)
+    for m in list(q.modules()):
+        if type(m) is MultiheadAttention:
+            Int8MultiheadAttention.convert(m)
+    return q
 
 
 class LSTRStep(OnlineStep):
-    """LSTR for ``n`` streams stepped together, equal to ``LSTR.forward_video`` on each stream."""
+    """LSTR for ``n`` streams stepped together, equal to ``LSTR.forward_video`` on each stream.
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+    With ``int8`` (CPU, float32) the step runs a :func:`quantize_lstr` copy."""
+
+    supports_int8 = True
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype)
-        self.net = copy.deepcopy(net).to(device=device, dtype=dtype).eval()
+        if int8:
+            check_int8_device(device, type(net).__name__)
+            self.net = quantize_lstr(net)
+            self.implementation = f"{type(self).__name__} int8 dynamic ({self.net.int8_engine})"
+        else:
+            self.net = copy.deepcopy(net).to(device=device, dtype=dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
@@ -80,4 +129,4 @@ class LSTRStep(OnlineStep):
         return logits, logits.new_zeros(self.n, 0, logits.shape[-1])
 
 
-__all__ = ["LSTRStep"]
+__all__ = ["Int8MultiheadAttention", "LSTRStep", "quantize_lstr"]

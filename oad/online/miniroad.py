@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oad.online.base import OnlineStep
+from oad.online.quantized import check_int8_device, quantize_linear
 
 
 class MiniROADStep(OnlineStep):
@@ -37,13 +38,27 @@ class MiniROADStep(OnlineStep):
             ``device``, is kept).
         device: where the step runs.
         dtype: run dtype of the inputs and of the kept weights.
+        int8: int8 weights (CPU, float32; :mod:`oad.online.quantized`): the step runs the modules of a
+            ``quantize_linear`` copy (``MiniROAD.step``: int8 ``layer1`` and classifier, PyTorch's dynamic
+            quantized GRU) instead of the written-out cell, whose raw weights int8 has not.
 
     Attributes:
         h: ``(num_layers, N, H)`` GRU state after the last chunk (None before :meth:`start`).
     """
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+    supports_int8 = True
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype)
+        self.int8 = int8
+        self.h: Tensor | None = None
+        if int8:
+            check_int8_device(device, type(net).__name__)
+            self.net = quantize_linear(net)
+            self.num_layers, self.hidden_dim = self.net.num_layers, self.net.hidden_dim
+            self.num_classes = self.net.num_classes
+            self.implementation = f"MiniROAD.step int8 dynamic ({self.net.int8_engine})"
+            return
         self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
         self.num_layers, self.hidden_dim = self.net.num_layers, self.net.hidden_dim
         self.num_classes = self.net.num_classes
@@ -58,7 +73,6 @@ class MiniROADStep(OnlineStep):
         ]
         cls = self.net.f_classification[0]
         self.cls = (cls.weight, cls.bias)
-        self.h: Tensor | None = None
 
     def start(self, n: int) -> None:
         """Forget every stream and start ``n`` new ones from the zero state."""
@@ -72,6 +86,9 @@ class MiniROADStep(OnlineStep):
         """``x (N, D)`` newest chunk of every stream -> ``logits (N, C)``, ``future_logits (N, 0, C)``."""
         if self.h is None:
             raise RuntimeError("MiniROADStep.step before start(n)")
+        if self.int8:
+            logits, self.h = self.net.step(x, self.h)  # the quantized modules
+            return logits, logits.new_zeros(logits.shape[0], 0, self.num_classes)
         inp = self._embed(x)  # (N, D) -> (N, E)
         new_h = []
         for (w_ih, b_ih, w_hh, b_hh), h in zip(self.cells, self.h):
@@ -94,7 +111,8 @@ class MiniROADStep(OnlineStep):
             raise RuntimeError("MiniROADStep.prime before start(n)")
         if x.shape[1] == 0:
             return
-        _, self.h = self.net.gru(self._embed(x), self.h)  # (N, T, E) -> h (num_layers, N, H)
+        e = self.net.layer1(x) if self.int8 else self._embed(x)  # (N, T, D) -> (N, T, E)
+        _, self.h = self.net.gru(e, self.h)  # (N, T, E) -> h (num_layers, N, H)
 
 
 __all__ = ["MiniROADStep"]

@@ -3,7 +3,8 @@
 Two implementations of the same function: the plain :class:`oad.online.window.WindowStep` (the model's
 own modules over a ring buffer of projected chunks) and, on the CPU where PyTorch ships the oneDNN ops,
 the hand-fused engine of :mod:`oad.online.fused_cpu` (faster at batch 1 and at 16 streams,
-``docs/benchmarks.md``). Both equal ``OadTR.forward_video`` chunk by chunk.
+``docs/benchmarks.md``). Both equal ``OadTR.forward_video`` chunk by chunk. Both also run on int8 weights
+(``int8=True``, CPU only; :mod:`oad.online.quantized`), the fused one by default.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 from oad.online.base import OnlineStep
 from oad.online.fused_cpu import FusedOadTREngine, can_prepack
+from oad.online.quantized import quantized_engine
 from oad.online.window import WindowStep
 
 
@@ -21,16 +23,24 @@ class OadTRStep(OnlineStep):
 
     Args:
         net: a trained ``OadTR``.
-        device, dtype: where and in which dtype the step runs.
+        device, dtype: where and in which dtype the step runs (float32 for int8).
         fused: use the hand-fused engine (None: on the CPU). Off the CPU the plain step is the default.
         prepack: the fused engine's weights in oneDNN's blocked layout through PyTorch's private
             ``torch.ops.mkldnn`` ops (None: wherever this torch build has them; without them the fused
             engine runs on public ops only).
+        int8: int8 weights, dynamic quantization (CPU only, :mod:`oad.online.quantized`): the fused engine
+            over fbgemm-packed int8 weights (the default), or with ``fused=False`` the plain window step
+            over a ``quantize_linear`` copy of the model (its own modules, the same int8 weights).
     """
 
+    supports_int8 = True
+
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, fused: bool | None = None,
-                 prepack: bool | None = None):
+                 prepack: bool | None = None, int8: bool = False):
         super().__init__(net, device, dtype)
+        if int8:
+            self._init_int8(net, device, dtype, fused, prepack)
+            return
         available = can_prepack(device, dtype)
         self.fused = device.type == "cpu" if fused is None else bool(fused)
         if prepack and not available:
@@ -45,6 +55,23 @@ class OadTRStep(OnlineStep):
             self.prepack = False
             self.impl = WindowStep(net, device, dtype)
             self.implementation = "plain"
+
+    def _init_int8(self, net: nn.Module, device: torch.device, dtype: torch.dtype, fused: bool | None,
+                   prepack: bool | None) -> None:
+        if device.type != "cpu" or dtype != torch.float32:
+            raise ValueError(f"OadTR int8 runs on the CPU in float32 activations, not {device} / {dtype}")
+        if prepack:
+            raise ValueError("prepack=True is oneDNN's float32/bf16 weight layout; int8 uses fbgemm's packed "
+                             "int8 weights (leave prepack unset)")
+        self.prepack = False
+        self.fused = (True if fused is None else bool(fused)) and len(net.decoder) > 0
+        engine = quantized_engine()
+        if self.fused:
+            self.impl = FusedOadTREngine(net, device, dtype, prepack=False, int8=True)
+            self.implementation = f"fused int8 dynamic ({engine})"
+        else:
+            self.impl = WindowStep(net, device, dtype, int8=True)
+            self.implementation = f"plain int8 dynamic ({engine})"
 
     def start(self, n: int) -> None:
         self.impl.start(n)

@@ -9,15 +9,26 @@ import torch
 from torch import Tensor, nn
 
 from oad.online.base import OnlineStep
+from oad.online.quantized import check_int8_device, quantize_linear
 
 
 class RecurrentStep(OnlineStep):
     """TRN and any model with ``init_state(n, device, dtype)`` and ``step(x, state) -> (logits, future,
-    state)``: carries the recurrent state (a copy of the network in the run dtype)."""
+    state)``: carries the recurrent state (a copy of the network in the run dtype).
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+    With ``int8`` (CPU, float32) the copy is :func:`oad.online.quantized.quantize_linear`'s: int8 linear
+    layers and LSTM cells (dynamic quantization), state and everything else float32."""
+
+    supports_int8 = True
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype)
-        self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        if int8:
+            check_int8_device(device, type(net).__name__)
+            self.net = quantize_linear(net)
+            self.implementation = f"recurrent int8 dynamic ({self.net.int8_engine})"
+        else:
+            self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
         self.state: Any = None
 
     def start(self, n: int) -> None:

@@ -9,6 +9,13 @@ projected inputs (OadTR, :mod:`oad.online.window`; on the CPU the hand-fused eng
 Streams: ``step`` takes ``(in_dim,)`` (one stream) or ``(N, in_dim)`` (N streams stepped together as
 one batch, all started at the same :meth:`OnlineDetector.reset`). ``bfloat16`` mode casts the copied
 weights and runs every layer in bf16 (CPU or GPU); probabilities are computed in fp32.
+
+``int8`` mode (``dtype="int8"`` or ``torch.qint8``, CPU only): int8 weights for the linear layers, dynamic
+quantization with PyTorch's quantized kernels (:mod:`oad.online.quantized`), activations and everything
+else float32 (the run dtype). A step class declares it with ``supports_int8 = True`` and takes an ``int8``
+option; the runner refuses int8 for the others, naming the model. OadTR (fused or plain step), TRN,
+ChunkLinear, MiniROAD (its modules instead of the written-out GRU cell) and LSTR/TeSTra (``nn.Linear`` layers
+and attention in-projections; the per-chunk long-memory key/value products stay float32) have it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from torch import Tensor, nn
 
 from oad.models.base import class_probabilities, resolve
 from oad.online.base import OnlineStep
+from oad.online.quantized import check_int8_device, is_int8, quantized_engine
 
 __all__ = ["OnlineDetector", "StepOutput"]
 
@@ -47,7 +55,8 @@ class OnlineDetector:
         model: a trained ``oad`` model (its ``online_step`` names the step class that keeps its state;
             :mod:`oad.models.base`). It is not modified: the step works on a copy of its weights.
         dtype: ``torch.float32`` or ``torch.bfloat16`` (the copied weights and all layers are cast;
-            probabilities are always computed in float32).
+            probabilities are always computed in float32), or ``"int8"`` / ``torch.qint8`` (int8 linear
+            weights on the CPU, float32 activations: :mod:`oad.online.quantized`).
         device: where to run (default: the model's device).
         ignore_index: class left out of the softmax (probability 0; THUMOS' Ambiguous), or None.
         **step_options: options of the model's step class, e.g. for OadTR ``fused`` (the hand-fused CPU
@@ -65,7 +74,10 @@ class OnlineDetector:
             without one).
         num_streams: ``N`` of the current streams (None before the first step after a reset).
         num_steps: chunks stepped since the last reset.
-        implementation: what the step runs (e.g. ``"fused oneDNN prepacked"``, ``"plain"``).
+        dtype: the run dtype of inputs and activations (float32 for int8).
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
+        implementation: what the step runs (e.g. ``"fused oneDNN prepacked"``, ``"plain"``,
+            ``"fused int8 dynamic (x86)"``).
         prepack: whether oneDNN prepacked weights are used.
     """
 
@@ -77,11 +89,15 @@ class OnlineDetector:
         ignore_index: int | None = 21,
         **step_options: Any,
     ):
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        int8 = is_int8(dtype)
+        if not int8 and dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or 'int8' (torch.qint8), got {dtype}")
         param = next(iter(model.parameters()), None)
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
+        self.precision = "int8" if int8 else {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+        if int8:
+            dtype = torch.float32  # int8 weights, float32 activations
         self.dtype = dtype
         self.ignore_index = ignore_index
         self.in_dim = int(model.in_dim)
@@ -93,8 +109,18 @@ class OnlineDetector:
         if not step_path:
             raise TypeError(f"{type(model).__name__} names no online step (class attribute 'online_step')")
         options = {k: v for k, v in step_options.items() if v is not None}  # None: the step's default
-        self._engine: OnlineStep = resolve(step_path)(model, self.device, dtype, **options)
+        step_cls = resolve(step_path)
+        if int8:
+            name = type(model).__name__
+            check_int8_device(self.device, name)
+            if not getattr(step_cls, "supports_int8", False):
+                raise ValueError(f"int8 is not supported for {name}: its online step {step_cls.__name__} declares "
+                                 f"no int8 path (supports_int8); use float32 or bfloat16")
+            options["int8"] = True
+        self._engine: OnlineStep = step_cls(model, self.device, dtype, **options)
         self.implementation = str(getattr(self._engine, "implementation", type(self._engine).__name__))
+        if int8 and "int8" not in self.implementation:
+            self.implementation += f" int8 dynamic ({quantized_engine()})"
         self.prepack = bool(getattr(self._engine, "prepack", False))
         self.reset()
 

@@ -50,6 +50,8 @@ from torch import Tensor, nn
 
 from oad.models.testra import KERNEL_EPS
 from oad.online.base import OnlineStep
+from oad.online.lstr import quantize_lstr
+from oad.online.quantized import check_int8_device
 
 
 class TeSTraStep(OnlineStep):
@@ -63,10 +65,16 @@ class TeSTraStep(OnlineStep):
 
     cancel_ratio = 4.0
     recompute_every: int | None = None
+    supports_int8 = True  # int8=True: a quantize_lstr copy (oad.online.lstr), CPU, float32 sums as always
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype)
-        self.net = copy.deepcopy(net).to(device=device, dtype=dtype).eval()
+        if int8:
+            check_int8_device(device, type(net).__name__)
+            self.net = quantize_lstr(net)
+            self.implementation = f"TeSTraStep int8 dynamic ({self.net.int8_engine})"
+        else:
+            self.net = copy.deepcopy(net).to(device=device, dtype=dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         with torch.no_grad():

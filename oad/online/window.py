@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from oad.online.base import OnlineStep
+from oad.online.quantized import check_int8_device, quantize_linear
 
 
 class RingBuffer:
@@ -47,11 +48,21 @@ class RingBuffer:
 
 class WindowStep(OnlineStep):
     """The plain step of any window model with ``window``, ``embed`` and ``forward_embedded`` (OadTR off
-    the CPU fast path, ChunkLinear): a ring buffer of projected chunks and the model's own forward."""
+    the CPU fast path, ChunkLinear): a ring buffer of projected chunks and the model's own forward.
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+    With ``int8`` (CPU, float32) the copy is :func:`oad.online.quantized.quantize_linear`'s: int8 linear
+    layers, everything else float32."""
+
+    supports_int8 = True
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype)
-        self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        if int8:
+            check_int8_device(device, type(net).__name__)
+            self.net = quantize_linear(net)
+            self.implementation = f"plain int8 dynamic ({self.net.int8_engine})"
+        else:
+            self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
         self.ring: RingBuffer | None = None
         self.masks: Tensor | None = None
 

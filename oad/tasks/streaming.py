@@ -102,7 +102,12 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"checkpoint {ckpt}: {len(class_names)} class names for {num_classes} classes")
     ignore_index = resolve_ignore_index(cfg.get("ignore_index", "auto"), data_info.get("ignore_index"))
     rate = float(cfg.rate) if cfg.get("rate") is not None else float(data_info.get("fps") or 4.0)
-    dtype = torch.bfloat16 if cfg.get("bf16") else torch.float32
+    precision = cfg.get("precision") or ("bf16" if cfg.get("bf16") else "fp32")
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"precision must be fp32, bf16 or int8, got {precision!r}")
+    if precision == "int8" and torch.device(cfg.get("device") or "cpu").type != "cpu":
+        raise ValueError(f"precision=int8 runs on the CPU only, not device={cfg.get('device')}")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}[precision]
     in_dim = int(net.in_dim)
 
     source: dict[str, Any]
@@ -184,7 +189,9 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         "wall_s": wall,
         "real_time_factor": rtf,
         "detector_ms_per_chunk": 1e3 * detect_s / max(n, 1),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(detector.dtype).removeprefix("torch."),
+        "precision": detector.precision,
+        "implementation": detector.implementation,
         "device": str(detector.device),
         "prepacked": detector.prepack,
         "ignore_index": ignore_index,
@@ -256,7 +263,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     m = result["meta"]
     lines = [
         f"{m['num_chunks']} chunks ({m['duration_s']:.2f} s at {m['rate']:g} chunks/s) in {m['wall_s']:.2f} s; "
-        f"detector {m['detector_ms_per_chunk']:.1f} ms/chunk ({m['model']}, {m['dtype']}, {m['device']})",
+        f"detector {m['detector_ms_per_chunk']:.1f} ms/chunk ({m['model']}, {m['precision']}, {m['device']})",
         f"{len(result['events'])} events -> {result['events_json']}",
         f"scores -> {result['scores_csv']}, {result['scores_json']}" + (
             f"; timeline -> {result['timeline']}" if result["timeline"] else ""),
