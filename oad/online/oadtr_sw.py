@@ -21,16 +21,23 @@ from torch import Tensor, nn
 
 from oad.models.oadtr_sw import ring_bias_table
 from oad.online.base import OnlineStep
+from oad.online.quantized import check_int8_device, quantize_linear
 
 
 class OadTRSWStep(OnlineStep):
     """Key/value-cache step of an ``OadTRSW`` (copied, eval mode, cast to ``dtype``)."""
 
     implementation = "kv-cache"
+    supports_int8 = True
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype)
-        self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        if int8:  # int8 linear layers (oad.online.quantized), everything else float32, CPU only
+            check_int8_device(device, type(net).__name__)
+            self.net = quantize_linear(net)
+            self.implementation = f"kv-cache int8 dynamic ({self.net.int8_engine})"
+        else:
+            self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
         n = self.net
         self.L, self.K, self.Q = n.window, n.decoder_window, n.num_queries
         with torch.no_grad():
