@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from oad.tasks import build_datamodule, build_net_config, evaluate, train
+from oad.tasks import build_datamodule, build_net_config, evaluate, headline, train
 from tests.conftest import REPO, TINY, compose_cfg
 
 
@@ -81,3 +82,57 @@ def test_overfit_debug_config_learns(tmp_path):
     losses = [float(r["train/loss_epoch"]) for r in rows]
     assert len(losses) >= 20
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+class _WorseLastEpoch(L.Callback):
+    """Scrambles the weights before the last epoch's validation, so that the last epoch is not the best
+    and the final weights differ from the best ones; records val/mAP per epoch."""
+
+    def __init__(self):
+        self.val = []
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.current_epoch == trainer.max_epochs - 1:
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in pl_module.net.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * 3.0)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.val.append(float(trainer.callback_metrics["val/mAP"]))
+
+
+def test_last_ckpt_holds_the_final_weights_when_the_last_epoch_is_not_the_best(tmp_path):
+    """The user's path: several epochs, the last not the best (with best-checkpoint selection on, the
+    setting in which Lightning's save_last kept the best epoch's step); last.ckpt then holds the final
+    global step, and evaluating it prints the run's own test/mAP."""
+    run = tmp_path / "run"
+    worse = _WorseLastEpoch()
+    cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+                                "checkpoint.every_n_train_steps=0", "checkpoint.select_best=true"], run)
+    result = train(cfg, callbacks=[worse])
+    assert len(worse.val) == 3 and worse.val[-1] < max(worse.val), worse.val  # the last epoch is not the best
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    # 3 epochs x 3 steps: the final state, written at the end of training (the epoch counter is then 3,
+    # so a run resumed from it has nothing left to do)
+    assert last["global_step"] == 9 and last["epoch"] == 3
+    assert best["global_step"] < last["global_step"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch*.ckpt")) == [
+        "epoch000.ckpt", "epoch001.ckpt", "epoch002.ckpt"]
+    ecfg = compose_cfg("eval", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer=cpu",
+                                "trainer.enable_progress_bar=false"], tmp_path / "eval")
+    evaluated = evaluate(ecfg)["metrics"]
+    assert evaluated["mAP"] == pytest.approx(result["metrics"]["mAP"], abs=1e-9)
+    assert headline(evaluated) == headline(result["metrics"])
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["mAP"] == written["headline"]["mAP"] == result["metrics"]["mAP"]
+
+
+def test_no_checkpoint_is_picked_on_a_metric_by_default(tmp_path):
+    cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=2", "test=false"],
+                      tmp_path)
+    train(cfg)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["epoch000.ckpt", "epoch001.ckpt", "last.ckpt"]

@@ -582,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=20, help="--models, --int8: round-robin steps per configuration "
                    "(--int8: at batch 1; max(3, reps // 4) with --streams streams)")
     p.add_argument("--dtypes", default="fp32,bf16", help="--models: comma-separated dtypes (fp32, bf16)")
+    p.add_argument("--only", default=None,
+                   help="--models: comma-separated name prefixes of the models to run (default: all), e.g. OadTR,TeSTra")
     p.add_argument("--int8", action="store_true",
                    help="only fp32 / bf16 / int8 OadTR steps side by side at paper size (oad.bench.int8)")
     p.add_argument("--int8-ckpt", type=Path, default=None,
@@ -608,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = models.run(reps=args.reps, dtypes=tuple(args.dtypes.split(",")),
+        chosen = models.paper_models()
+        if args.only:
+            prefixes = [x.strip() for x in args.only.split(",") if x.strip()]
+            chosen = {k: v for k, v in chosen.items() if any(k.startswith(x) for x in prefixes)}
+        result = models.run(reps=args.reps, dtypes=tuple(args.dtypes.split(",")), models=chosen,
                             log=lambda s: print(s, file=sys.stderr, flush=True))
         print(models.format_table(result))
         if args.json:

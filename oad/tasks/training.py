@@ -66,8 +66,9 @@ class LastCheckpoint(L.Callback):
             self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step != self._saved_step:  # e.g. max_steps reached inside an epoch
-            self._save(trainer)
+        # always: the final weights, even if something changed them after the last save at this step
+        # (a callback at the epoch's end, max_steps reached inside an epoch)
+        self._save(trainer)
 
 
 def checkpoint_callbacks(dirpath: Path, cfg: DictConfig | None, key: str, has_val: bool) -> list[L.Callback]:
