@@ -38,6 +38,8 @@ class Batch(TypedDict, total=False):
     target: (B, C) current-chunk targets, or (B, L, C) in dense mode (zeros at padded positions).
     future_target: (B, Q, C), or (B, L, Q, C) in dense mode; rows past the end of a video are zeros.
     video: (B,) int64 index of the video in the dataset; end: (B,) int64 end (exclusive) of each window.
+    long_features: (B, N, D) long-memory chunks (LSTR/TeSTra samples, :mod:`oad.data.memory`), and
+    long_mask: (B, N) bool, True on real long-memory tokens; the work window is ``features`` (B, W, D).
     """
 
     features: torch.Tensor
@@ -46,6 +48,8 @@ class Batch(TypedDict, total=False):
     future_target: torch.Tensor
     video: torch.Tensor
     end: torch.Tensor
+    long_features: torch.Tensor
+    long_mask: torch.Tensor
 
 
 def future_targets(targets: np.ndarray, t: np.ndarray, num_queries: int, offset: int) -> np.ndarray:
