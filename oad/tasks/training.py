@@ -66,9 +66,11 @@ class LastCheckpoint(L.Callback):
             self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # always: the final weights, even if something changed them after the last save at this step
-        # (a callback at the epoch's end, max_steps reached inside an epoch)
-        self._save(trainer)
+        # the final step when the last save was earlier (e.g. max_steps reached inside an epoch); after a
+        # full last epoch the file written after its validation already holds the final weights, and
+        # keeps Lightning's epoch index of that epoch
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
 
 
 def checkpoint_callbacks(dirpath: Path, cfg: DictConfig | None, key: str, has_val: bool) -> list[L.Callback]:
