@@ -99,33 +99,27 @@ def convert_reference_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         ``{'model': class name, 'net_config': ..., 'data_info': ..., 'num_parameters': ...}``.
     """
     from oad.data.readers import packaged_info
-    from oad.models.lstr import LSTR
-    from oad.models.miniroad import MiniROAD
-    from oad.models.oadtr import OadTR
-    from oad.models.testra import TeSTra
-    from oad.models.trn import TRN
+    from oad.models import registry
 
     src = Path(src)
     sd = _reference_state_dict(load_checkpoint_file(src), src)
     names = {k.removeprefix("module.") for k in sd}
     if arch is not None:
-        known = {"oadtr": OadTR, "trn": TRN, "miniroad": MiniROAD, "lstr": LSTR, "testra": TeSTra}
+        known = registry.convertible()
         if arch not in known:
-            raise ValueError(f"arch={arch!r}: expected one of {sorted(known)}")
-        cls = known[arch]
-    elif "linear_encoding.weight" in names:
-        cls = OadTR
-    elif "enc_cell.weight_ih" in names:
-        cls = TRN
-    elif "gru.weight_ih_l0" in names and "layer1.0.weight" in names:
-        cls = MiniROAD
-    elif "feature_head_long.input_linear.0.weight" in names:
-        # TeSTra's checkpoints have LSTR's parameter names: the weights cannot tell them apart
-        raise ValueError(f"reference checkpoint {src}: an LSTR-family state dict; say which with "
-                         "arch=lstr or arch=testra (and kernel=box|laplace, alpha=... for TeSTra)")
+            raise ValueError(f"arch={arch!r}: expected one of {known}")
+        cls = registry.get(arch).cls
     else:
-        raise ValueError(f"reference checkpoint {src}: not an OadTR, TRN, MiniROAD or LSTR/TeSTra state dict "
-                         f"(first keys: {sorted(names)[:5]})")
+        found = registry.reference_models(names)
+        if not found:
+            raise ValueError(f"reference checkpoint {src}: not a state dict of any model that loads reference "
+                             f"checkpoints ({', '.join(registry.convertible())}; first keys: {sorted(names)[:5]})")
+        if len(found) > 1:  # e.g. LSTR and TeSTra: the same parameter names
+            which = "|".join(e.name for e in found)
+            raise ValueError(f"reference checkpoint {src}: a state dict of {', '.join(e.cls.__name__ for e in found)}, "
+                             f"which the weights cannot tell apart; say which with arch={which} (and the options "
+                             "the tensors do not hold, e.g. kernel=box|laplace, alpha=... for TeSTra)")
+        cls = found[0].cls
     try:
         net = cls.from_reference(sd, **overrides)
     except (RuntimeError, KeyError, ValueError) as e:

@@ -35,3 +35,15 @@ def with_default_size(overrides: Sequence[str]) -> list[str]:
     if _choice(overrides, "size") is not None or _choice(overrides, "experiment") is not None:
         return overrides
     return [*overrides, f"size={default_size(overrides)}"]
+
+
+def register_configs() -> None:
+    """Configs derived from the model registry (:mod:`oad.models.registry`), in Hydra's ConfigStore:
+    ``leaderboard_models/all`` (every registered model, the leaderboard's default ``models`` list).
+    Entry points and tests call this before composing; calling it again is harmless."""
+    from hydra.core.config_store import ConfigStore
+
+    from oad.models import registry
+
+    models = [{"name": n, "model": n, "overrides": []} for n in registry.names()]
+    ConfigStore.instance().store(group="leaderboard_models", name="all", node={"models": models}, package="_global_")

@@ -47,6 +47,9 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    from oad.config import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from oad.models import registry
 from oad.tasks.leaderboard import format_table, leaderboard, run_overrides, winner_line
 from tests.conftest import REPO, TINY, compose_cfg
 
@@ -135,7 +136,9 @@ def test_run_overrides_forward_data_and_trainer(tmp_path):
 def test_default_config_composes_with_every_model(tmp_path):
     cfg = compose_cfg("leaderboard", [], tmp_path)
     names = [m.name for m in cfg.models]
-    assert names == ["oadtr", "trn", "linear", "miniroad", "lstr", "testra", "oadtr_sw"]
+    # every registered model (one per configs/model/*.yaml), none typed into the leaderboard's config
+    assert names == registry.names() and len(names) == len(list((REPO / "configs" / "model").glob("*.yaml")))
+    assert {"oadtr", "trn", "linear", "miniroad", "lstr", "testra", "oadtr_sw"} <= set(names)
     assert cfg.size is None and cfg.eval_window == 64 and list(cfg.step_streams) == [1]
     assert cfg.step_repeats == 30 and cfg.seed == 20 and cfg.trainer._target_.endswith("Trainer")
     missing = [m.model for m in cfg.models if not (REPO / "configs" / "model" / f"{m.model}.yaml").is_file()]

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from oad.checkpoint import save_network
-from oad.models import ChunkLinear
+from oad.models.linear import ChunkLinear
 from tests.test_streaming import NAMES, stream_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

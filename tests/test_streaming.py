@@ -21,10 +21,8 @@ from torch.testing import assert_close
 
 from oad.checkpoint import save_network
 from oad.tasks.scoring import class_probabilities, score_videos
-from oad.models import TRN, ChunkLinear, OadTR
-from oad.models.lstr import LSTR
-from oad.models.miniroad import MiniROAD
-from oad.models.testra import TeSTra
+from oad.models import registry
+from oad.models.oadtr import OadTR
 from oad.online import EventDetector, OnlineDetector, can_prepack
 from tests.conftest import REPO, compose_cfg
 
@@ -38,27 +36,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_oadtr(in_dim: int = IN_DIM) -> OadTR:
-    return OadTR(in_dim=in_dim, num_classes=22, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48,
-                 num_queries=4, decoder_layers=3, decoder_heads=2, decoder_ffn_dim=40)
+    return OadTR(in_dim=in_dim, num_classes=22, **OadTR.tiny)
 
 
 def make(kind: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = {
-        "oadtr": small_oadtr,
-        "trn": lambda: TRN(in_dim=IN_DIM, num_classes=22, hidden_dim=32, num_queries=3),
-        "linear": lambda: ChunkLinear(in_dim=IN_DIM, num_classes=22, window=3, num_queries=4),
-        "miniroad": lambda: MiniROAD(in_dim=IN_DIM, num_classes=22, embedding_dim=32, hidden_dim=24, window=WINDOW),
-        # long memory 16 chunks (4 tokens), work memory 4: the test videos are longer than both, and shorter
-        "lstr": lambda: LSTR(in_dim=IN_DIM, d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4,
-                             enc_queries=(4, 4)),
-        "testra": lambda: TeSTra(in_dim=IN_DIM, d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4,
-                                 enc_queries=(4, 4), alpha=0.9),
-    }[kind]()
-    for p in net.parameters():  # larger than the default init, so the scores vary between chunks
-        if p.dim() >= 2 or kind not in ("lstr", "testra"):  # (their post-norm layers keep LayerNorm 1/0)
-            torch.nn.init.normal_(p, std=0.3)
-    return net.eval()
+    """The shared tiny instance of a registered model (``oad.models.registry.tiny_model``)."""
+    return registry.tiny_model(kind, in_dim=IN_DIM, seed=seed)
 
 
 def stream_all(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,10 +56,11 @@ def stream_all(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, 
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, options", [
-    ("oadtr", {}), ("oadtr", {"prepack": False}), ("oadtr", {"fused": False}), ("trn", {}), ("linear", {}),
-    ("miniroad", {}), ("lstr", {}), ("testra", {}),
-])
+# every registered model with its default step, and OadTR's other step options
+STEP_CASES = [(name, {}) for name in registry.names()] + [("oadtr", {"prepack": False}), ("oadtr", {"fused": False})]
+
+
+@pytest.mark.parametrize("kind, options", STEP_CASES, ids=[f"{k}-{'-'.join(map(str, o.items()))}" for k, o in STEP_CASES])
 def test_streaming_equals_offline_scoring(kind, options):
     """The runner, chunk by chunk, equals the model's whole-video scoring (``forward_videos``), also for
     videos shorter than the window / work memory and longer than the long memory."""
@@ -124,7 +108,7 @@ def test_oadtr_runner_fast_path_matches_forward_at_every_fill_level():
             assert_close(out.future_scores, class_probabilities(future, 21), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["oadtr", "trn", "linear"])
+@pytest.mark.parametrize("kind", registry.names())
 def test_n_streams_at_once_equal_each_alone(kind):
     net = make(kind)
     feats = torch.randn(3, WINDOW + 5, IN_DIM, generator=torch.Generator().manual_seed(4))
@@ -156,7 +140,7 @@ def test_reset_starts_new_streams(kind):
         det.step(torch.randn(3, IN_DIM + 1))
 
 
-@pytest.mark.parametrize("kind", ["oadtr", "trn", "linear"])
+@pytest.mark.parametrize("kind", registry.names())
 def test_prime_leaves_the_state_stepping_would(kind):
     net = make(kind)
     feats = torch.randn(2, 2 * WINDOW + 3, IN_DIM, generator=torch.Generator().manual_seed(6))
@@ -185,6 +169,9 @@ def test_the_wrapped_model_is_left_alone():
 
 @pytest.mark.parametrize("kind", ["oadtr", "trn", "linear"])
 def test_bf16_runs_and_agrees_with_fp32_on_the_top_class(kind):
+    from oad.models.linear import ChunkLinear
+    from oad.models.trn import TRN
+
     torch.manual_seed(0)
     net = {"oadtr": lambda: OadTR(in_dim=64, window=WINDOW, d_model=64, num_heads=4, num_layers=2, mlp_dim=64,
                                   num_queries=4, decoder_layers=2, decoder_heads=2, decoder_ffn_dim=64),

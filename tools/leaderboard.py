@@ -11,6 +11,10 @@ runs/<name>/). The last printed line is ``winner: <name> mAP=<value> (all protoc
 import hydra
 from omegaconf import DictConfig
 
+from oad.config import register_configs
+
+register_configs()  # the default model list: every registered model (oad/models/registry.py)
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="leaderboard")
 def main(cfg: DictConfig) -> None:

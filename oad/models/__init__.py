@@ -1,7 +1,6 @@
-"""Models: OadTR (ICCV 2021), the TRN baseline (ICCV 2019) and a single-chunk linear floor."""
+"""The models, one file each (``oad/models/<name>.py``), and the registry of which exist.
 
-from oad.models.linear import ChunkLinear
-from oad.models.oadtr import OadTR
-from oad.models.trn import TRN
-
-__all__ = ["ChunkLinear", "OadTR", "TRN"]
+Nothing is re-exported here, so that adding a model edits no list: import a model from its own module
+(``from oad.models.oadtr import OadTR``), or find it through :mod:`oad.models.registry` (one entry per
+``configs/model/<name>.yaml``).
+"""

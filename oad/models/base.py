@@ -29,6 +29,13 @@ Online:
     ``online_step`` (class attribute): ``"module:Class"`` of its :class:`oad.online.base.OnlineStep`.
     ``export_step`` (class attribute, optional): ``"module:Class"`` of an exportable
     (TorchScript/ONNX) step module, or None.
+
+Registry (:mod:`oad.models.registry`; a model is registered by its ``configs/model/<name>.yaml``):
+    ``tiny`` (constructor arguments of the tests' tiny instance), ``tiny_init_norms``,
+    ``int8_tolerance`` (``{'fp32': ..., 'offline': ...}``: bounds of the int8 step against the float32
+    step and against the int8 copy's ``forward_videos``; None where that comparison does not apply),
+    ``paper_variants`` (benchmark rows), and ``recognises_reference(names)`` (a staticmethod) for models
+    whose reference checkpoints the converter reads (with ``from_reference`` and ``reference_config``).
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ class OnlineModel(nn.Module):
     online_step: ClassVar[str]
     export_step: ClassVar[str | None] = None
     future_offset: ClassVar[int] = 1
+    tiny: ClassVar[dict[str, Any] | None] = None
+    tiny_init_norms: ClassVar[bool] = True
+    int8_tolerance: ClassVar[dict[str, float | None] | None] = None
+    paper_variants: ClassVar[dict[str, dict[str, Any]] | None] = None
 
     in_dim: int
     num_classes: int

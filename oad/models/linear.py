@@ -27,6 +27,11 @@ class ChunkLinear(OnlineModel):
     online_step = "oad.online.window:WindowStep"
     future_offset = 1
 
+    # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows
+    tiny = dict(window=3, num_queries=4)
+    int8_tolerance = {"fp32": 0.04, "offline": 0.05}
+    paper_variants = {"linear": {}}
+
     def __init__(self, *, in_dim: int, num_classes: int = 22, window: int = 1, num_queries: int = 8):
         super().__init__()
         self.in_dim, self.num_classes, self.window, self.num_queries = in_dim, num_classes, window, num_queries

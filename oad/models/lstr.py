@@ -235,6 +235,18 @@ class LSTR(OnlineModel):
     long_pe = True  # positional encoding on the long memory (TeSTra: no)
     include_work = False  # the decoder also attends to the work tokens (TeSTra: yes)
 
+    # registry (oad/models/registry.py): the tests' tiny instance (long memory 16 chunks = 4 tokens, work
+    # memory 4: test videos are longer than both, and shorter), int8 bounds, benchmark rows
+    tiny = dict(d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4, enc_queries=(4, 4))
+    tiny_init_norms = False  # post-norm layers keep LayerNorm at 1/0
+    int8_tolerance = {"fp32": 0.06, "offline": 0.08}
+    paper_variants = {"LSTR (long 2048)": {}}
+
+    @staticmethod
+    def recognises_reference(names: set[str]) -> bool:
+        # TeSTra's checkpoints have the same names: the converter then asks for arch=lstr|testra
+        return "feature_head_long.input_linear.0.weight" in names
+
     def __init__(
         self,
         *,

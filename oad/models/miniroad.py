@@ -54,6 +54,15 @@ class MiniROAD(OnlineModel):
     future_offset = 1
     online_step = "oad.online.miniroad:MiniROADStep"
 
+    # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows
+    tiny = dict(embedding_dim=32, hidden_dim=24, window=8)
+    int8_tolerance = {"fp32": 0.03, "offline": 0.03}
+    paper_variants = {"MiniROAD": {}}
+
+    @staticmethod
+    def recognises_reference(names: set[str]) -> bool:
+        return "gru.weight_ih_l0" in names and "layer1.0.weight" in names
+
     def __init__(
         self,
         *,

@@ -157,6 +157,16 @@ class OadTR(OnlineModel):
     export_step = "oad.export:OadTRStep"
     future_offset = 1  # future query j (0-based) predicts chunk t + 1 + j
 
+    # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows
+    tiny = dict(window=8, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4, decoder_layers=3,
+                decoder_heads=2, decoder_ffn_dim=40)
+    int8_tolerance = {"fp32": 0.03, "offline": 0.04}
+    paper_variants = {"OadTR (window 64)": {}, "OadTR plain step": {"step": {"fused": False}}}
+
+    @staticmethod
+    def recognises_reference(names: set[str]) -> bool:
+        return "linear_encoding.weight" in names
+
     def __init__(
         self,
         *,

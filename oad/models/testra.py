@@ -53,6 +53,12 @@ class TeSTra(LSTR):
     long_pe = False
     include_work = True
 
+    # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds (its running sums
+    # exponentiate the scores, so quantization noise is amplified), benchmark rows
+    tiny = dict(d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4, enc_queries=(4, 4), alpha=0.9)
+    int8_tolerance = {"fp32": 0.15, "offline": 0.15}
+    paper_variants = {"TeSTra (long 2048)": {}}
+
     def __init__(self, *, kernel: str = "laplace", alpha: float = 0.97, **kwargs):
         if kernel not in ("laplace", "box"):
             raise ValueError(f"kernel must be 'laplace' or 'box', got {kernel!r}")

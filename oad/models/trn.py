@@ -49,6 +49,15 @@ class TRN(OnlineModel):
     export_step = "oad.export:TRNStep"
     future_offset = 0
 
+    # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows
+    tiny = dict(hidden_dim=32, num_queries=3)
+    int8_tolerance = {"fp32": 0.03, "offline": 0.0}  # offline: the same (1, D) products, exactly equal
+    paper_variants = {"TRN": {}}
+
+    @staticmethod
+    def recognises_reference(names: set[str]) -> bool:
+        return "enc_cell.weight_ih" in names
+
     def __init__(
         self,
         *,
