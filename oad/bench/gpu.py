@@ -5,12 +5,14 @@ online inference there.
    THUMOS-sized data (3072-d features, 22 classes, batch 128, window 64) through ``oad.tasks.training``
    (the real configs, with activation checkpointing off and on): windows per second, GPU memory peak,
    and the test pass over every chunk of the test videos.
-2. Raw training steps (``oad.bench.train``'s ``measure``, behind ``tools/bench_train.py``) of the paper-size OadTR and TRN in fp32,
-   ``bf16`` and ``fp16`` autocast at the recipe batch sizes.
+2. Raw training steps (``oad.bench.train``'s ``measure``, behind ``tools/bench_train.py``) of every registered
+   model (:mod:`oad.models.registry`) at paper size in fp32, ``bf16`` and ``fp16`` autocast at the recipe
+   batch sizes.
 3. Batch-1 latency of the online step (``oad.online.OnlineDetector``, fp32 and bf16) of every model at
    paper size (``oad.bench.models.paper_models``).
 
-Exits with a message (status 2) on a machine without CUDA. Run: ``python tools/gpu_check.py``
+Exits with a message (status 2) on a machine without CUDA. Run: ``python tools/gpu_check.py``;
+``--list-models`` prints the models it would run (no GPU needed).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import lightning as L
 import torch
 
 from oad.bench import train as bench_train
+from oad.models import registry
 
 REPO = Path(__file__).resolve().parents[2]
+TRAIN_STEPS = 10  # timed raw training steps per model and precision (after 3 warm-up steps)
 
 
 def check_cuda() -> None:
@@ -136,7 +140,19 @@ def streaming_latency(device: str = "cuda", repeats: int = 300, warmup: int = 20
     return lines
 
 
-def main() -> None:
+def list_models() -> list[str]:
+    """The models this check runs: every registered model (training), and their paper-size step rows."""
+    return [f"{e.name}: {', '.join(e.paper_variants())}" for e in registry.entries()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--list-models" in argv:
+        print("\n".join(list_models()))
+        return
+    if argv:
+        print(f"gpu_check: unknown arguments {argv} (options: --list-models)", file=sys.stderr)
+        sys.exit(2)
     check_cuda()
     print(bench_train.machine(), flush=True)
     t0 = time.perf_counter()
@@ -151,9 +167,9 @@ def main() -> None:
 
     print("\n2. Raw training steps at the recipe batch sizes (tools/bench_train.py)", flush=True)
     rows = []
-    for model, steps in (("oadtr", 20), ("trn", 6), ("miniroad", 10), ("lstr", 10), ("testra", 10)):
+    for model in registry.names():
         for precision in ("fp32", "bf16", "fp16"):
-            rows.append(bench_train.isolated(model, "paper", "cuda", precision, None, None, 3, steps))
+            rows.append(bench_train.isolated(model, "paper", "cuda", precision, None, None, 3, TRAIN_STEPS))
     print(bench_train.table(rows), flush=True)
 
     print("\n3. Online step latency, batch 1, paper size", flush=True)

@@ -11,6 +11,7 @@ others, so load changes hit all alike.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -19,32 +20,20 @@ from typing import Any
 import torch
 
 from oad.bench.streaming import count_flops, machine_info
+from oad.models import registry
 from oad.online import OnlineDetector
 
 
 def paper_models() -> dict[str, Callable[[], torch.nn.Module] | tuple[Callable[[], torch.nn.Module], dict]]:
-    """Builders of every model at its THUMOS'14 paper size (in_dim 3072, 22 classes); a tuple adds the
-    online step's options (OadTR's plain step beside its fused CPU engine)."""
-    from oad.models.linear import ChunkLinear
-    from oad.models.lstr import LSTR
-    from oad.models.miniroad import MiniROAD
-    from oad.models.oadtr import OadTR
-    from oad.models.oadtr_sw import OadTRSW
-    from oad.models.testra import TeSTra
-    from oad.models.trn import TRN
-
-    return {
-        "OadTR (window 64)": lambda: OadTR(in_dim=3072),
-        "OadTR plain step": (lambda: OadTR(in_dim=3072), {"fused": False}),
-        "TRN": lambda: TRN(in_dim=3072),
-        "linear": lambda: ChunkLinear(in_dim=3072),
-        "MiniROAD": lambda: MiniROAD(in_dim=3072),
-        "LSTR (long 2048)": lambda: LSTR(in_dim=3072),
-        "TeSTra (long 2048)": lambda: TeSTra(in_dim=3072),
-        "OadTR-SW (window 64)": lambda: OadTRSW(in_dim=3072),
-        "OadTR-SW (window 256)": lambda: OadTRSW(in_dim=3072, window=256),
-        "OadTR-SW (window 1024)": lambda: OadTRSW(in_dim=3072, window=1024),
-    }
+    """Builders of every registered model at its THUMOS'14 paper size (its ``configs/model/<name>.yaml``, in_dim
+    3072, 22 classes), one per row of its ``paper_variants``; a tuple adds the online step's options (e.g.
+    OadTR's plain step beside its fused CPU engine)."""
+    rows: dict = {}
+    for entry in registry.entries():
+        for label, (config, step) in entry.paper_variants().items():
+            build = functools.partial(entry.build_paper, **config)
+            rows[label] = (build, step) if step else build
+    return rows
 
 
 def _flops_per_chunk(det, x: torch.Tensor, chunks: int) -> float:
