@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from oad.online.base import ExportStep, OnlineStep
 from oad.online.fused_cpu import FusedOadTREngine, can_prepack
-from oad.online.quantized import quantized_engine
+from oad.online.quantized import quantize_linear, quantized_engine
 from oad.online.window import WindowStep
 
 
@@ -37,7 +37,7 @@ class OadTRStep(OnlineStep):
             over a ``quantize_linear`` copy of the model (its own modules, the same int8 weights).
     """
 
-    quantize = WindowStep.quantize  # the plain step's; the fused engine packs every weight alike
+    quantize = staticmethod(quantize_linear)  # the plain step's copy; the fused engine packs each weight alike
     copies_net = False
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, fused: bool | None = None,
