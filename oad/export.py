@@ -1,16 +1,10 @@
 """Export the online step of a trained network as TorchScript and ONNX, for deployment without ``oad``.
 
 The streaming runner (``oad.online.OnlineDetector``) keeps its state inside a Python object; an
-exported model cannot, so the exported step is a pure function of explicit state:
-
-- OadTR, :class:`OadTRStep`: ``(buffer (N, L, d), count (N,), features (N, in_dim)) -> (scores (N, C),
-  future_scores (N, Q, C), buffer (N, L, d), count (N,))``. ``buffer`` holds the projected inputs of the
-  last ``L`` chunks, oldest first, zeros before the stream starts; ``count`` is the number of chunks seen
-  so far (int64, capped at ``L``). Start with zeros for both and feed back what the step returns. Until
-  ``L`` chunks have arrived the window is left-padded and masked, exactly as the offline "all" protocol
-  (``oad.tasks.scoring.score_videos``) scores the first ``L - 1`` chunks.
-- TRN, :class:`TRNStep`: ``(features (N, in_dim), h (N, H), c (N, H), future_input (N, in_dim)) ->
-  (scores (N, C), future_scores (N, Q, C), h, c, future_input)``; the state starts at zeros.
+exported model cannot, so the exported step is a pure function of explicit state: the
+:class:`oad.online.base.ExportStep` its model names in ``export_step``, kept next to the model's online
+step (OadTR: :class:`oad.online.oadtr.OadTRExportStep`, an explicit buffer of projected inputs; TRN:
+:class:`oad.online.recurrent.TRNExportStep`, the recurrent state).
 
 Scores are probabilities: the softmax over the classes other than the ignore class (probability 0), as
 ``oad.models.base.class_probabilities`` computes them. The batch dimension ``N`` (streams stepped together)
@@ -31,14 +25,11 @@ and against the fp32 PyTorch step, on the probabilities
 logged above them). The two int8 runtimes do not compute the same function bit for bit: onnxruntime
 quantizes activations to 8 bits and weights to 7 (``max|w| / 63``), PyTorch's x86/fbgemm engine
 activations to 7 bits and weights to 8 (``max|w| / 127.5``); both are quantization noise of the size of
-int8's own difference from fp32, and so are the tolerances. Measured (max ``|p_a - p_b|``): the demo OadTR
-trained by ``tools/train.py``, ONNX int8 vs PyTorch int8 0.014, vs fp32 0.0064 (PyTorch int8 vs fp32
-0.012); the small models of ``tests/test_int8.py``, OadTR 0.011 / 0.0056, TRN 0.014 / 0.0086.
+int8's own difference from fp32, and so are the tolerances (measured differences: ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
@@ -51,11 +42,11 @@ from torch import Tensor, nn
 
 from oad.io import atomic_path, write_json
 from oad.models.base import resolve
-from oad.models.oadtr import OadTR
+from oad.online.base import ExportStep
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OadTRStep", "TRNStep", "step_module", "export_network", "export_checkpoint", "check_exported",
+__all__ = ["step_module", "export_network", "export_checkpoint", "check_exported",
            "check_int8_exported", "quantize_onnx", "INT8_TOLERANCE", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "int8")
@@ -64,122 +55,21 @@ PRECISIONS = ("fp32", "int8")
 INT8_TOLERANCE = {"onnx_int8_vs_pytorch_int8": 0.05, "onnx_int8_vs_fp32": 0.08}
 
 
-def _class_bias(num_classes: int, ignore_index: int | None) -> Tensor:
-    """``(C,)`` additive logit bias: ``-inf`` on the ignore class, so the softmax gives it 0."""
-    bias = torch.zeros(num_classes)
-    if ignore_index is not None:
-        if not 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is not a class of a {num_classes}-class model")
-        bias[ignore_index] = float("-inf")
-    return bias
-
-
-class OadTRStep(nn.Module):
-    """One online OadTR step over an explicit ring buffer of projected inputs (see the module docstring).
-
-    Args:
-        net: a trained ``OadTR`` (copied, in eval mode).
-        ignore_index: class left out of the softmax, or None.
-    """
-
-    def __init__(self, net: OadTR, ignore_index: int | None = 21):
-        super().__init__()
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
-        self.window, self.d_model, self.in_dim = net.window, net.d_model, net.in_dim
-        self.register_buffer("class_bias", _class_bias(net.num_classes, ignore_index), persistent=False)
-        self.register_buffer("positions", torch.arange(net.window), persistent=False)
-
-    def forward(self, buffer: Tensor, count: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """
-        Args:
-            buffer: ``(N, L, d_model)`` projected inputs of the previous chunks, oldest first.
-            count: ``(N,)`` int64, chunks seen before this one.
-            features: ``(N, in_dim)`` the new chunk.
-        Returns:
-            ``scores (N, C)``, ``future_scores (N, Q, C)``, the new ``buffer`` and ``count``.
-        """
-        e = self.net.embed(features)  # (N, in_dim) -> (N, d)
-        buffer = torch.cat((buffer[:, 1:], e[:, None]), dim=1)  # drop the oldest: (N, L, d)
-        count = torch.clamp(count + 1, max=self.window)
-        mask = self.positions[None, :] >= (self.window - count)[:, None]  # (N, L): the last `count` are real
-        logits, future = self.net.forward_embedded(buffer, mask)
-        scores = torch.softmax(logits.float() + self.class_bias, dim=-1)
-        future_scores = torch.softmax(future.float() + self.class_bias, dim=-1)
-        return scores, future_scores, buffer, count
-
-    @staticmethod
-    def arrange(state: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
-        """The step's inputs in order: the state, then the chunk."""
-        return (*state, x)
-
-    def init_state(self, n: int) -> tuple[Tensor, Tensor]:
-        """``(buffer, count)`` before the first chunk of ``n`` streams."""
-        ref = self.class_bias
-        return (torch.zeros(n, self.window, self.d_model, device=ref.device),
-                torch.zeros(n, dtype=torch.int64, device=ref.device))
-
-    input_names = ("buffer", "count", "features")
-    output_names = ("scores", "future_scores", "next_buffer", "next_count")
-
-
-class TRNStep(nn.Module):
-    """One online TRN step with the recurrent state as explicit inputs and outputs.
-
-    Args:
-        net: a trained ``TRN`` (or any model with ``init_state``/``step`` and a 3-tensor state); copied,
-            eval mode.
-        ignore_index: class left out of the softmax, or None.
-    """
-
-    def __init__(self, net: nn.Module, ignore_index: int | None = 21):
-        super().__init__()
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
-        self.in_dim, self.hidden_dim = net.in_dim, net.hidden_dim
-        self.register_buffer("class_bias", _class_bias(net.num_classes, ignore_index), persistent=False)
-
-    def forward(self, features: Tensor, h: Tensor, c: Tensor, future_input: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """
-        Args:
-            features: ``(N, in_dim)`` the new chunk.
-            h, c: ``(N, H)`` encoder LSTM state; future_input: ``(N, in_dim)`` the decoder's anticipated
-                features from the previous step.
-        Returns:
-            ``scores (N, C)``, ``future_scores (N, Q, C)`` and the new ``h``, ``c``, ``future_input``.
-        """
-        logits, future, (h, c, future_input) = self.net.step(features, (h, c, future_input))
-        scores = torch.softmax(logits.float() + self.class_bias, dim=-1)
-        future_scores = torch.softmax(future.float() + self.class_bias, dim=-1)
-        return scores, future_scores, h, c, future_input
-
-    @staticmethod
-    def arrange(state: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
-        """The step's inputs in order: the chunk, then the state."""
-        return (x, *state)
-
-    def init_state(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(h, c, future_input)`` before the first chunk of ``n`` streams."""
-        return tuple(self.net.init_state(n, device=self.class_bias.device, dtype=torch.float32))
-
-    input_names = ("features", "h", "c", "future_input")
-    output_names = ("scores", "future_scores", "next_h", "next_c", "next_future_input")
-
-
-def step_module(net: nn.Module, ignore_index: int | None = 21) -> OadTRStep | TRNStep:
-    """The exportable step of ``net``: the class its model names in ``export_step`` (OadTR: :class:`OadTRStep`,
-    TRN: :class:`TRNStep`)."""
+def step_module(net: nn.Module, ignore_index: int | None = 21) -> ExportStep:
+    """The exportable step of ``net``: the :class:`~oad.online.base.ExportStep` its model names in
+    ``export_step``."""
     path = getattr(net, "export_step", None)
     if not path:
         raise TypeError(f"no exportable step for {type(net).__name__} (its class names no 'export_step')")
     return resolve(path)(net, ignore_index)
 
 
-def _first_inputs(step: OadTRStep | TRNStep, x: Tensor) -> tuple[Tensor, ...]:
+def _first_inputs(step: ExportStep, x: Tensor) -> tuple[Tensor, ...]:
     """Inputs of the first step of ``len(x)`` streams: the zero state and the first chunk ``x``."""
     return step.arrange(step.init_state(x.shape[0]), x)
 
 
-def _feed_back(step: OadTRStep | TRNStep, outputs: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
+def _feed_back(step: ExportStep, outputs: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
     """Inputs of the next step: the state returned by this one and the next chunk ``x``."""
     return step.arrange(tuple(outputs[2:]), x)
 
@@ -240,7 +130,7 @@ def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: 
         "in_dim": int(net.in_dim),
         "num_classes": int(net.num_classes),
         "num_queries": int(net.num_queries),
-        "window": window if isinstance(step, OadTRStep) else None,
+        "window": getattr(step, "window", None),  # the exported buffer's length (None: a recurrent state)
         "future_offset": int(getattr(net, "future_offset", 1)),
         "ignore_index": ignore_index,
         "precision": precision,
@@ -294,7 +184,7 @@ def _describe(t: Tensor) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def check_exported(step: OadTRStep | TRNStep, torchscript_path: str | os.PathLike | None = None,
+def check_exported(step: ExportStep, torchscript_path: str | os.PathLike | None = None,
                    onnx_path: str | os.PathLike | None = None, steps: int = 8, num_streams: int = 3,
                    seed: int = 0) -> dict[str, float]:
     """Run the PyTorch step and the exported files side by side for ``steps`` consecutive chunks.
@@ -357,7 +247,7 @@ def _onnx_runner(onnx_path: str | os.PathLike):
 
 
 @torch.no_grad()
-def check_int8_exported(step: OadTRStep | TRNStep, int8_step: OadTRStep | TRNStep, onnx_int8_path: str | os.PathLike,
+def check_int8_exported(step: ExportStep, int8_step: ExportStep, onnx_int8_path: str | os.PathLike,
                         steps: int = 8, num_streams: int = 3, seed: int = 0) -> dict[str, float]:
     """The int8 ONNX step against the PyTorch int8 step and the fp32 step, ``steps`` consecutive chunks.
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from oad.checkpoint import save_network
-from oad.export import OadTRStep, TRNStep, export_checkpoint, export_network, step_module
+from oad.export import export_checkpoint, export_network, step_module
+from oad.online.oadtr import OadTRExportStep as OadTRStep
+from oad.online.recurrent import TRNExportStep as TRNStep
 from oad.tasks.scoring import class_probabilities, score_videos
 from oad.models.oadtr import OadTR
 from oad.models.trn import TRN

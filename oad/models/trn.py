@@ -46,7 +46,7 @@ class TRN(OnlineModel):
 
     samples = "oad.data.samples:dense_windows"
     online_step = "oad.online.recurrent:RecurrentStep"
-    export_step = "oad.export:TRNStep"
+    export_step = "oad.online.recurrent:TRNExportStep"
     future_offset = 0
 
     # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows

@@ -1,10 +1,11 @@
 """Online detection: the runner (:class:`OnlineDetector`), the per-model steps it calls, and online
 action events (:class:`EventDetector`).
 
-- :mod:`oad.online.base`: the step interface; :mod:`oad.online.runner`: the runner;
+- :mod:`oad.online.base`: the step interfaces (the online step, and its exportable form for
+  :mod:`oad.export`); :mod:`oad.online.runner`: the runner;
 - steps: :mod:`~oad.online.window` (window models), :mod:`~oad.online.oadtr` (OadTR, with the CPU
   engine of :mod:`~oad.online.fused_cpu`), :mod:`~oad.online.recurrent` (TRN), and one module per
-  further model;
+  further model; a model's exportable step sits in the module of its online step;
 - :mod:`oad.online.events`: events from per-chunk probabilities.
 """
 

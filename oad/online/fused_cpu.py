@@ -111,12 +111,11 @@ class FusedOadTREngine:
 
     Computes ``OadTR.forward_embedded`` of the window ending at the new chunk (eval mode: no dropout).
     With ``prepack`` the linear weights are reordered once into oneDNN's blocked layout, so no matrix
-    product re-packs its weight at every step (on this project's CPUs that is 1.3-2x faster per product).
+    product re-packs its weight at every step (faster per product on this project's CPUs:
+    ``docs/benchmarks.md``).
     """
 
     def __init__(self, net: OadTR, device: torch.device, dtype: torch.dtype, prepack: bool, int8: bool = False):
-        if int8 and (device.type != "cpu" or dtype != torch.float32 or prepack):
-            raise ValueError("the int8 fused engine runs on the CPU in float32 without oneDNN prepacking")
         self.device, self.dtype = device, dtype
         self.L, self.d, self.Q = net.window, net.d_model, net.num_queries
         self.enc_heads = net.encoder[0].attn.num_heads if len(net.encoder) else 1
@@ -233,8 +232,7 @@ class FusedOadTREngine:
         first["q"] = first["const_q"].expand(n, -1, -1, -1).contiguous()
 
     def prime(self, x: Tensor) -> None:
-        T = x.shape[1]
-        self.ring.extend(self.linear(x[:, max(0, T - self.L) :], *self.emb), T)  # (N, k, D) -> (N, k, d)
+        self.ring.prime(x, lambda chunks: self.linear(chunks, *self.emb))
 
     def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
         N, L, d = self.n, self.L, self.d

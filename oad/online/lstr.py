@@ -13,22 +13,24 @@ and the work head's output of the last ``W`` chunks. So each chunk goes through 
 key/value projections once.
 
 What is recomputed every step (the memories are re-encoded: the long grid moves and every work token changes
-position), counted at paper size (``d = 1024``, ``N = 512``, ``W = 32``, ``ffn = 1024``, 16 then 32 queries,
-``in_dim = 3072``, 16 heads), batch 1, a multiply-add = 2 FLOPs (``torch.utils.flop_counter``):
+position):
 
-- the new chunk: both feature heads 12.6 M, its stage-1 key/value projections and scores 4.2 M;
-- stage-1 attention over the ``N`` gathered keys (weights times values; the scores are gathered):
-  ``2 x 16 x 512 x 1024`` = 16.8 M, the only term that grows with ``N``;
-- the rest of the compression (stage 1's output projection and FFN on 16 tokens, stage 2's two layers on 32
-  queries, whose first self-attention block is a constant): 1.04 G;
-- the work decoder (2 layers on 32 tokens; the last layer for the newest row only) and classifier: 0.95 G;
-- total 2.03 GFLOP per chunk and stream. A per-window reference forward (the feature heads of all
-  ``N + W`` chunks and the long memory's projections every step) is 8.39 GFLOP.
+- the new chunk: both feature heads, its stage-1 key/value projections and scores;
+- stage-1 attention over the ``N`` gathered keys (weights times values; the scores are gathered), the only
+  term that grows with ``N``;
+- the rest of the compression (stage 1's output projection and FFN on its queries, stage 2's two layers on
+  its queries, whose first self-attention block is a constant);
+- the work decoder (the last layer for the newest row only) and the classifier.
+
+A per-window reference forward (the feature heads of all ``N + W`` chunks and the long memory's projections
+every step) costs several times as much. FLOPs and timings per chunk at paper size: ``docs/benchmarks.md``.
+
+:class:`LSTRFamilyStep` is what LSTR's step and TeSTra's (:mod:`oad.online.testra`) share: the copy, the
+feature heads and the work window, the compression and the decoder; they differ in how the first stage's
+attention over the long memory is kept.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 
 from oad.models.lstr import MultiheadAttention
 from oad.online.base import OnlineStep
-from oad.online.quantized import check_int8_device, quantize_linear, quantized_layer
+from oad.online.quantized import quantize_linear, quantized_layer
 
 
 class Int8MultiheadAttention(MultiheadAttention):
@@ -76,36 +78,32 @@ def quantize_lstr(net: nn.Module) -> nn.Module:
     return q
 
 
-class LSTRStep(OnlineStep):
-    """LSTR for ``n`` streams stepped together, equal to ``LSTR.forward_video`` on each stream.
+class LSTRFamilyStep(OnlineStep):
+    """The step of LSTR and its subclasses for ``n`` streams stepped together: the network is copied (with
+    ``int8``, a :func:`quantize_lstr` copy: CPU, float32), the first stage's constant terms are computed
+    once, and every chunk goes through the feature heads once.
 
-    With ``int8`` (CPU, float32) the step runs a :func:`quantize_lstr` copy."""
+    Subclasses keep the long memory's per-chunk terms as they need and implement :meth:`stage1`.
+    """
 
-    supports_int8 = True
+    quantize = staticmethod(quantize_lstr)
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
-        super().__init__(net, device, dtype)
-        if int8:
-            check_int8_device(device, type(net).__name__)
-            self.net = quantize_lstr(net)
-            self.implementation = f"{type(self).__name__} int8 dynamic ({self.net.int8_engine})"
-        else:
-            self.net = copy.deepcopy(net).to(device=device, dtype=dtype).eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        super().__init__(net, device, dtype, int8)
         with torch.no_grad():
             self.consts = self.net.stage1_constants()
-        self.ring = self.net.long_memory + self.net.work_memory  # chunks that a window's long memory may use
         self.n = 0
 
     def start(self, n: int) -> None:
         net = self.net
-        H, Q1 = net.num_heads, self.consts.q.shape[1]
-        kw = {"device": self.device, "dtype": self.dtype}
         self.n, self.t = n, 0
-        self.scores = torch.zeros(n, self.ring, H, Q1, **kw)  # chunk c at slot c % ring
-        self.values = torch.zeros(n, self.ring, net.d_model, **kw)
-        self.work = torch.zeros(n, net.work_memory, net.d_model, **kw)  # work-head outputs, chunk c at c % W
+        # work-head outputs, chunk c at c % W
+        self.work = torch.zeros(n, net.work_memory, net.d_model, device=self.device, dtype=self.dtype)
+
+    def stage1(self, t: int, ws: int, scores: Tensor, values: Tensor) -> Tensor:
+        """Take chunk ``t``'s long-memory terms (``scores (n, H, Q1)``, ``values (n, d)``) and return the first
+        compression stage's attention output ``(n, Q1, d)`` (before ``out_proj``) of window ``ws``."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,20 +111,38 @@ class LSTRStep(OnlineStep):
         if x.shape[0] != self.n:
             raise ValueError(f"expected {self.n} streams, got {x.shape[0]}")
         scores, values = net.long_parts(net.feature_head_long(x), consts)  # (n, H, Q1), (n, d)
-        self.scores[:, t % self.ring] = scores
-        self.values[:, t % self.ring] = values
         self.work[:, t % W] = net.feature_head_work(x)
-
         ws = max(0, t - W + 1)
-        idx, valid = net.long_memory_indices(torch.tensor([ws]))  # (1, N)
-        slots = (idx[0] % self.ring).to(self.device)
-        attn = net.stage1_attend(self.scores[:, slots], self.values[:, slots],
-                                 valid.to(self.device).expand(self.n, -1), consts)
-        memory = net.compress_from_attention(attn, consts)  # (n, M, d)
+        memory = net.compress_from_attention(self.stage1(t, ws, scores, values), consts)  # (n, M, d)
         chunks = torch.arange(ws, t + 1, device=self.device) % W
         logits = net.decode(net.work_tokens(self.work[:, chunks]), memory, last_only=True)  # (n, C)
         self.t += 1
         return logits, logits.new_zeros(self.n, 0, logits.shape[-1])
 
 
-__all__ = ["Int8MultiheadAttention", "LSTRStep", "quantize_lstr"]
+class LSTRStep(LSTRFamilyStep):
+    """LSTR for ``n`` streams stepped together, equal to ``LSTR.forward_video`` on each stream: the long
+    memory's per-chunk terms of the last ``L + W`` chunks, gathered for every window."""
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
+        super().__init__(net, device, dtype, int8)
+        self.ring = self.net.long_memory + self.net.work_memory  # chunks that a window's long memory may use
+
+    def start(self, n: int) -> None:
+        super().start(n)
+        H, Q1 = self.net.num_heads, self.consts.q.shape[1]
+        kw = {"device": self.device, "dtype": self.dtype}
+        self.scores = torch.zeros(n, self.ring, H, Q1, **kw)  # chunk c at slot c % ring
+        self.values = torch.zeros(n, self.ring, self.net.d_model, **kw)
+
+    def stage1(self, t: int, ws: int, scores: Tensor, values: Tensor) -> Tensor:
+        net = self.net
+        self.scores[:, t % self.ring] = scores
+        self.values[:, t % self.ring] = values
+        idx, valid = net.long_memory_indices(torch.tensor([ws]))  # (1, N)
+        slots = (idx[0] % self.ring).to(self.device)
+        return net.stage1_attend(self.scores[:, slots], self.values[:, slots],
+                                 valid.to(self.device).expand(self.n, -1), self.consts)
+
+
+__all__ = ["Int8MultiheadAttention", "LSTRFamilyStep", "LSTRStep", "quantize_lstr"]

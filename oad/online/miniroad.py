@@ -10,24 +10,21 @@ gates, as ``nn.GRU`` defines them (gates ``r, z, n`` in that row order):
     h' = (1 - z) * n + z * h
 
 At batch 1 a step only streams the weights (63 MB in float32 at paper size) through matrix-vector
-products, and ``nn.GRU`` on a length-1 sequence adds its per-call overhead. Measured at paper size
-(in_dim 3072, embedding 2048, hidden 1024, float32, batch 1, one CPU thread of a shared 2-core machine,
-10 runs of 100 steps): the written-out cell 5.0 ms per step best / 6.2 ms median, ``MiniROAD.step``
-(``nn.GRU``) 5.7 / 6.4 ms; ``torch.gru_cell`` was in between, oneDNN-prepacked weights slower (10 ms).
+products, and ``nn.GRU`` on a length-1 sequence adds its per-call overhead: measured at paper size, the
+written-out cell was faster than ``MiniROAD.step`` (``nn.GRU``), ``torch.gru_cell`` and oneDNN-prepacked
+weights (the step's timings: ``docs/benchmarks.md``).
 :meth:`prime` runs ``layer1`` over all the past chunks at once and ``nn.GRU`` over them,
 skipping the classifier.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oad.online.base import OnlineStep
-from oad.online.quantized import check_int8_device, quantize_linear
+from oad.online.quantized import quantize_linear
 
 
 class MiniROADStep(OnlineStep):
@@ -46,22 +43,16 @@ class MiniROADStep(OnlineStep):
         h: ``(num_layers, N, H)`` GRU state after the last chunk (None before :meth:`start`).
     """
 
-    supports_int8 = True
+    quantize = staticmethod(quantize_linear)
+    int8_label = "MiniROAD.step"
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
-        super().__init__(net, device, dtype)
-        self.int8 = int8
+        super().__init__(net, device, dtype, int8)
         self.h: Tensor | None = None
-        if int8:
-            check_int8_device(device, type(net).__name__)
-            self.net = quantize_linear(net)
-            self.num_layers, self.hidden_dim = self.net.num_layers, self.net.hidden_dim
-            self.num_classes = self.net.num_classes
-            self.implementation = f"MiniROAD.step int8 dynamic ({self.net.int8_engine})"
-            return
-        self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
         self.num_layers, self.hidden_dim = self.net.num_layers, self.net.hidden_dim
         self.num_classes = self.net.num_classes
+        if int8:
+            return
         lin, norm = self.net.layer1[0], self.net.layer1[1]
         self.embed = (lin.weight, lin.bias)
         self.norm = (norm.normalized_shape, norm.weight, norm.bias, norm.eps)

@@ -5,6 +5,9 @@ own modules over a ring buffer of projected chunks) and, on the CPU where PyTorc
 the hand-fused engine of :mod:`oad.online.fused_cpu` (faster at batch 1 and at 16 streams,
 ``docs/benchmarks.md``). Both equal ``OadTR.forward_video`` chunk by chunk. Both also run on int8 weights
 (``int8=True``, CPU only; :mod:`oad.online.quantized`), the fused one by default.
+
+:class:`OadTRExportStep` is the same step for TorchScript and ONNX (:mod:`oad.export`), over an explicit
+buffer of projected inputs.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from oad.online.base import OnlineStep
+from oad.online.base import ExportStep, OnlineStep
 from oad.online.fused_cpu import FusedOadTREngine, can_prepack
-from oad.online.quantized import quantized_engine
+from oad.online.quantized import quantize_linear, quantized_engine
 from oad.online.window import WindowStep
 
 
 class OadTRStep(OnlineStep):
-    """OadTR's step: the fused CPU engine where available, else the plain window step.
+    """OadTR's step: the fused CPU engine where available, else the plain window step (each keeps its own
+    copy of the weights).
 
     Args:
         net: a trained ``OadTR``.
@@ -33,45 +37,29 @@ class OadTRStep(OnlineStep):
             over a ``quantize_linear`` copy of the model (its own modules, the same int8 weights).
     """
 
-    supports_int8 = True
+    quantize = staticmethod(quantize_linear)  # the plain step's copy; the fused engine packs each weight alike
+    copies_net = False
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, fused: bool | None = None,
                  prepack: bool | None = None, int8: bool = False):
-        super().__init__(net, device, dtype)
-        if int8:
-            self._init_int8(net, device, dtype, fused, prepack)
-            return
-        available = can_prepack(device, dtype)
-        self.fused = device.type == "cpu" if fused is None else bool(fused)
-        if prepack and not available:
-            raise ValueError(f"prepack=True needs oneDNN on the CPU (with bf16 support for bf16), not device {device}")
-        if not len(net.decoder):
-            self.fused = False  # the fused engine needs the decoder; the plain step runs any OadTR
-        if self.fused:
-            self.prepack = available if prepack is None else bool(prepack)
-            self.impl: OnlineStep | FusedOadTREngine = FusedOadTREngine(net, device, dtype, self.prepack)
-            self.implementation = "fused" + (" oneDNN prepacked" if self.prepack else "")
-        else:
-            self.prepack = False
-            self.impl = WindowStep(net, device, dtype)
-            self.implementation = "plain"
-
-    def _init_int8(self, net: nn.Module, device: torch.device, dtype: torch.dtype, fused: bool | None,
-                   prepack: bool | None) -> None:
-        if device.type != "cpu" or dtype != torch.float32:
-            raise ValueError(f"OadTR int8 runs on the CPU in float32 activations, not {device} / {dtype}")
-        if prepack:
+        super().__init__(net, device, dtype, int8)
+        if int8 and prepack:
             raise ValueError("prepack=True is oneDNN's float32/bf16 weight layout; int8 uses fbgemm's packed "
                              "int8 weights (leave prepack unset)")
-        self.prepack = False
-        self.fused = (True if fused is None else bool(fused)) and len(net.decoder) > 0
-        engine = quantized_engine()
+        available = not int8 and can_prepack(device, dtype)
+        if prepack and not available:
+            raise ValueError(f"prepack=True needs oneDNN on the CPU (with bf16 support for bf16), not device {device}")
+        # the fused engine needs the decoder; the plain step runs any OadTR
+        self.fused = (device.type == "cpu" if fused is None else bool(fused)) and len(net.decoder) > 0
         if self.fused:
-            self.impl = FusedOadTREngine(net, device, dtype, prepack=False, int8=True)
-            self.implementation = f"fused int8 dynamic ({engine})"
+            self.prepack = available if prepack is None else bool(prepack)
+            self.impl: OnlineStep | FusedOadTREngine = FusedOadTREngine(net, device, dtype, self.prepack, int8)
+            self.implementation = ("fused" + (" oneDNN prepacked" if self.prepack else "")
+                                   + (f" int8 dynamic ({quantized_engine()})" if int8 else ""))
         else:
-            self.impl = WindowStep(net, device, dtype, int8=True)
-            self.implementation = f"plain int8 dynamic ({engine})"
+            self.prepack = False
+            self.impl = WindowStep(net, device, dtype, int8)
+            self.implementation = self.impl.implementation if int8 else "plain"
 
     def start(self, n: int) -> None:
         self.impl.start(n)
@@ -81,3 +69,54 @@ class OadTRStep(OnlineStep):
 
     def prime(self, x: Tensor) -> None:
         self.impl.prime(x)
+
+
+class OadTRExportStep(ExportStep):
+    """One online OadTR step over an explicit ring buffer of projected inputs:
+    ``(buffer (N, L, d), count (N,), features (N, in_dim)) -> (scores (N, C), future_scores (N, Q, C),
+    buffer (N, L, d), count (N,))``.
+
+    ``buffer`` holds the projected inputs of the last ``L`` chunks, oldest first, zeros before the stream
+    starts; ``count`` is the number of chunks seen so far (int64, capped at ``L``). Start with zeros for
+    both and feed back what the step returns. Until ``L`` chunks have arrived the window is left-padded
+    and masked, exactly as the offline "all" protocol (``oad.tasks.scoring.score_videos``) scores the
+    first ``L - 1`` chunks.
+
+    Args:
+        net: a trained ``OadTR`` (copied, in eval mode).
+        ignore_index: class left out of the softmax, or None.
+    """
+
+    input_names = ("buffer", "count", "features")
+    output_names = ("scores", "future_scores", "next_buffer", "next_count")
+    state_first = True
+
+    def __init__(self, net: nn.Module, ignore_index: int | None = 21):
+        super().__init__(net, ignore_index)
+        self.window, self.d_model = net.window, net.d_model
+        self.register_buffer("positions", torch.arange(net.window), persistent=False)
+
+    def forward(self, buffer: Tensor, count: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """
+        Args:
+            buffer: ``(N, L, d_model)`` projected inputs of the previous chunks, oldest first.
+            count: ``(N,)`` int64, chunks seen before this one.
+            features: ``(N, in_dim)`` the new chunk.
+        Returns:
+            ``scores (N, C)``, ``future_scores (N, Q, C)``, the new ``buffer`` and ``count``.
+        """
+        e = self.net.embed(features)  # (N, in_dim) -> (N, d)
+        buffer = torch.cat((buffer[:, 1:], e[:, None]), dim=1)  # drop the oldest: (N, L, d)
+        count = torch.clamp(count + 1, max=self.window)
+        mask = self.positions[None, :] >= (self.window - count)[:, None]  # (N, L): the last `count` are real
+        logits, future = self.net.forward_embedded(buffer, mask)
+        return (*self.probabilities(logits, future), buffer, count)
+
+    def init_state(self, n: int) -> tuple[Tensor, Tensor]:
+        """``(buffer, count)`` before the first chunk of ``n`` streams."""
+        ref = self.class_bias
+        return (torch.zeros(n, self.window, self.d_model, device=ref.device),
+                torch.zeros(n, dtype=torch.int64, device=ref.device))
+
+
+__all__ = ["OadTRExportStep", "OadTRStep"]

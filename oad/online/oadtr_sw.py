@@ -14,30 +14,23 @@ biases per newest slot (full ring, or the ``c < L`` slots written so far) replac
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
 from oad.models.oadtr_sw import ring_bias_table
 from oad.online.base import OnlineStep
-from oad.online.quantized import check_int8_device, quantize_linear
+from oad.online.quantized import quantize_linear
 
 
 class OadTRSWStep(OnlineStep):
-    """Key/value-cache step of an ``OadTRSW`` (copied, eval mode, cast to ``dtype``)."""
+    """Key/value-cache step of an ``OadTRSW`` (copied, eval mode, cast to ``dtype``; with ``int8`` a
+    :func:`oad.online.quantized.quantize_linear` copy: int8 linear layers, everything else float32)."""
 
     implementation = "kv-cache"
-    supports_int8 = True
+    quantize = staticmethod(quantize_linear)
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
-        super().__init__(net, device, dtype)
-        if int8:  # int8 linear layers (oad.online.quantized), everything else float32, CPU only
-            check_int8_device(device, type(net).__name__)
-            self.net = quantize_linear(net)
-            self.implementation = f"kv-cache int8 dynamic ({self.net.int8_engine})"
-        else:
-            self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        super().__init__(net, device, dtype, int8)
         n = self.net
         self.L, self.K, self.Q = n.window, n.decoder_window, n.num_queries
         with torch.no_grad():

@@ -3,8 +3,8 @@
 A batch-1 online step reads every weight once: where it is bound by memory traffic (the recurrent models,
 the few-row decoder products) int8 weights move a quarter of float32's bytes, and where it is
 compute-bound (OadTR re-encodes its 65-row window at every chunk; 16 streams) fbgemm's int8 products do
-about twice the multiply-adds per cycle of float32 FMA on AVX2. At paper size on this project's CPU the
-OadTR step is 2.3x faster than fp32 at batch 1 and 1.6x with 16 streams (:mod:`oad.bench.int8`).
+about twice the multiply-adds per cycle of float32 FMA on AVX2 (the int8 steps' speedups at paper size:
+``docs/benchmarks.md``, measured by :mod:`oad.bench.int8`).
 
 :func:`quantize_linear` returns a quantized deep copy of a network (the network itself is not touched):
 
@@ -28,11 +28,10 @@ streams stepped at once differ slightly from each stream alone, and the streamin
 model's whole-video scoring of the same quantized copy (which batches many windows). Both stay within
 the tolerances stated in ``tests/test_int8.py``.
 
-Measured on this project's 2-core AMD EPYC (AVX2), one torch thread, single products ``(M, K) x (K, N)``,
-median ms: ``1x3072x1024`` fp32 ``F.linear`` 0.32, oneDNN prepacked 0.65, int8 dynamic (x86/fbgemm) 0.15
-(oneDNN engine 1.38); ``65x1024x3072`` fp32 15.1, oneDNN prepacked 10.8, int8 6.3; ``1040x1024x3072``
-fp32 116, oneDNN 100, int8 69. ``torch._int_mm`` and ``torch._weight_int8pack_mm`` have no fast CPU
-kernel here (20-100x slower than fp32): not used. Whole-step figures: see :mod:`oad.bench.int8`.
+On this project's AVX2 CPUs, int8 dynamic products (x86/fbgemm) were measured faster than float32 ``F.linear``
+and oneDNN-prepacked float32 at the OadTR step's shapes, and oneDNN's int8 engine slower;
+``torch._int_mm`` and ``torch._weight_int8pack_mm`` have no fast CPU kernel here (many times slower than
+fp32): not used. Timings: ``docs/benchmarks.md`` (:mod:`oad.bench.int8`).
 """
 
 from __future__ import annotations

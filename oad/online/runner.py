@@ -12,8 +12,9 @@ weights and runs every layer in bf16 (CPU or GPU); probabilities are computed in
 
 ``int8`` mode (``dtype="int8"`` or ``torch.qint8``, CPU only): int8 weights for the linear layers, dynamic
 quantization with PyTorch's quantized kernels (:mod:`oad.online.quantized`), activations and everything
-else float32 (the run dtype). A step class declares it with ``supports_int8 = True`` and takes an ``int8``
-option; the runner refuses int8 for the others, naming the model. OadTR (fused or plain step), TRN,
+else float32 (the run dtype). A step class declares it by its ``quantize`` (the int8 copy it runs,
+:class:`oad.online.base.OnlineStep`) and takes an ``int8`` option; the runner checks the device and
+refuses int8 for the others, naming the model. OadTR (fused or plain step), TRN,
 ChunkLinear, MiniROAD (its modules instead of the written-out GRU cell) and LSTR/TeSTra (``nn.Linear`` layers
 and attention in-projections; the per-chunk long-memory key/value products stay float32) have it.
 """
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from oad.models.base import class_probabilities, resolve
 from oad.online.base import OnlineStep
-from oad.online.quantized import check_int8_device, is_int8, quantized_engine
+from oad.online.quantized import check_int8_device, is_int8
 
 __all__ = ["OnlineDetector", "StepOutput"]
 
@@ -44,8 +45,6 @@ class StepOutput(NamedTuple):
 
     scores: Tensor
     future_scores: Tensor
-
-
 
 
 class OnlineDetector:
@@ -113,14 +112,12 @@ class OnlineDetector:
         if int8:
             name = type(model).__name__
             check_int8_device(self.device, name)
-            if not getattr(step_cls, "supports_int8", False):
+            if getattr(step_cls, "quantize", None) is None:
                 raise ValueError(f"int8 is not supported for {name}: its online step {step_cls.__name__} declares "
-                                 f"no int8 path (supports_int8); use float32 or bfloat16")
+                                 f"no int8 path (its 'quantize' is None); use float32 or bfloat16")
             options["int8"] = True
         self._engine: OnlineStep = step_cls(model, self.device, dtype, **options)
-        self.implementation = str(getattr(self._engine, "implementation", type(self._engine).__name__))
-        if int8 and "int8" not in self.implementation:
-            self.implementation += f" int8 dynamic ({quantized_engine()})"
+        self.implementation = str(self._engine.implementation)
         self.prepack = bool(getattr(self._engine, "prepack", False))
         self.reset()
 

@@ -34,28 +34,28 @@ work decoder are recomputed every step (they do not depend on ``N``). The sums a
 the run dtype. Tested equal to the batch mode to 1e-5 (float32) on videos several times the long memory,
 with an evicted maximum, for both kernels.
 
-Cost per chunk at paper size (``d = 1024``, ``N = 512``, ``W = 32``), batch 1, a multiply-add = 2 FLOPs: the
-feature heads, key/value projections and scores 16.8 MFLOP; the push about 0.2 MFLOP and the recomputations,
-amortised, 0.3 MFLOP (``2 x 2 x 16 x 512 x 1024`` every 128 pushes); the rest of the compression 1.04 GFLOP
-and the work decoder 1.22 GFLOP (it attends to the 32 work tokens too): 2.28 GFLOP, none of it growing with
-``N`` (LSTR's step: 2.03 GFLOP, of which 16.8 MFLOP grow with ``N``).
+Cost per chunk: the feature heads, key/value projections and scores of the new chunk, the push and the
+amortised recomputations, the rest of the compression and the work decoder (it attends to the work tokens
+too): none of it grows with ``N`` (in LSTR's step the stage-1 attention over the gathered keys does). FLOPs
+and timings per chunk at paper size: ``docs/benchmarks.md``.
+
+The step shares its constructor, feature heads, compression and decoder with LSTR's
+(:class:`oad.online.lstr.LSTRFamilyStep`); what is its own is the first stage's attention, :meth:`TeSTraStep.stage1`.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import Tensor, nn
 
 from oad.models.testra import KERNEL_EPS
-from oad.online.base import OnlineStep
-from oad.online.lstr import quantize_lstr
-from oad.online.quantized import check_int8_device
+from oad.online.lstr import LSTRFamilyStep
 
 
-class TeSTraStep(OnlineStep):
+class TeSTraStep(LSTRFamilyStep):
     """TeSTra for ``n`` streams stepped together, equal to ``TeSTra.forward_video`` on each stream.
+
+    With ``int8`` it runs a :func:`oad.online.lstr.quantize_lstr` copy (CPU); the sums stay float32 as always.
 
     Attributes:
         cancel_ratio: recompute a phase's sums when what was added since the last recomputation exceeds
@@ -65,20 +65,9 @@ class TeSTraStep(OnlineStep):
 
     cancel_ratio = 4.0
     recompute_every: int | None = None
-    supports_int8 = True  # int8=True: a quantize_lstr copy (oad.online.lstr), CPU, float32 sums as always
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
-        super().__init__(net, device, dtype)
-        if int8:
-            check_int8_device(device, type(net).__name__)
-            self.net = quantize_lstr(net)
-            self.implementation = f"TeSTraStep int8 dynamic ({self.net.int8_engine})"
-        else:
-            self.net = copy.deepcopy(net).to(device=device, dtype=dtype).eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        with torch.no_grad():
-            self.consts = self.net.stage1_constants()
+        super().__init__(net, device, dtype, int8)
         self.N, self.P = self.net.num_long, self.net.long_stride
         self.alpha = float(self.net.alpha)
         self.decayed = self.alpha != 1.0  # Laplace: decayed part + 1e-10 x flat part; box: flat part only
@@ -87,18 +76,16 @@ class TeSTraStep(OnlineStep):
         self.alpha_n = float(self.alpha ** self.N)  # weight of a key when it is evicted
         self.period = self.recompute_every or max(1, self.N // 4)
         self.recomputations = 0  # phase recomputations so far (diagnostics)
-        self.n = 0
 
     def start(self, n: int) -> None:
+        super().start(n)
         net = self.net
         H, Q1 = net.num_heads, self.consts.q.shape[1]
         hd = net.d_model // H
         f32 = {"device": self.device, "dtype": torch.float32}
-        self.n, self.t = n, 0
         self.delay = net.work_memory + self.P  # chunk c is pushed W + P - 1 steps after it arrives
         self.pending_s = torch.zeros(n, self.delay, H, Q1, **f32)
         self.pending_v = torch.zeros(n, self.delay, H, hd, **f32)
-        self.work = torch.zeros(n, net.work_memory, net.d_model, device=self.device, dtype=self.dtype)
         P, N = self.P, self.N
         # one FIFO of N keys per phase p = ws mod P, written at `head`, oldest at head - count
         self.fifo_s = torch.zeros(P, n, N, H, Q1, **f32)
@@ -183,32 +170,21 @@ class TeSTraStep(OnlineStep):
         n, H, Q1, hd = out.shape
         return out.transpose(1, 2).reshape(n, Q1, H * hd).to(self.dtype)  # (n, H, Q1, hd) -> (n, Q1, d)
 
-    # -- the step ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        net, consts, t, W, P = self.net, self.consts, self.t, self.net.work_memory, self.P
-        if x.shape[0] != self.n:
-            raise ValueError(f"expected {self.n} streams, got {x.shape[0]}")
-        scores, values = net.long_parts(net.feature_head_long(x), consts)  # (n, H, Q1), (n, d)
+    # -- the first stage ---------------------------------------------------------------------------------
+    def stage1(self, t: int, ws: int, scores: Tensor, values: Tensor) -> Tensor:
+        P = self.P
         scores = scores.float()
-        values = values.float().reshape(self.n, net.num_heads, -1)  # (n, d) -> (n, H, hd)
+        values = values.float().reshape(self.n, self.net.num_heads, -1)  # (n, d) -> (n, H, hd)
         self.pending_s[:, t % self.delay] = scores
         self.pending_v[:, t % self.delay] = values
-        self.work[:, t % W] = net.feature_head_work(x)
         if t == 0:
             for q in range(P):  # every phase starts from chunk 0 (the reference's masked chunk-0 block)
                 self._push(q, scores, values)
-
-        ws = max(0, t - W + 1)
         p = ws % P
         if ws > P:  # window ws adds chunk ws - P to its phase (chunk 0 is already there)
             c = ws - P
             self._push(p, self.pending_s[:, c % self.delay], self.pending_v[:, c % self.delay])
-        memory = net.compress_from_attention(self._attention(p), consts)  # (n, M, d)
-        chunks = torch.arange(ws, t + 1, device=self.device) % W
-        logits = net.decode(net.work_tokens(self.work[:, chunks]), memory, last_only=True)  # (n, C)
-        self.t += 1
-        return logits, logits.new_zeros(self.n, 0, logits.shape[-1])
+        return self._attention(p)
 
 
 __all__ = ["TeSTraStep"]

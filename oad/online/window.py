@@ -9,13 +9,13 @@ arrived the window is left-padded with zeros and masked, exactly as the offline 
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from oad.online.base import OnlineStep
-from oad.online.quantized import check_int8_device, quantize_linear
+from oad.online.quantized import quantize_linear
 
 
 class RingBuffer:
@@ -38,11 +38,13 @@ class RingBuffer:
         self.count += 1
         return self.buf[:, p + 1 : p + 1 + self.L]
 
-    def extend(self, e: Tensor, total: int) -> None:
-        """Account for ``total`` new chunks of which ``e (N, k, d)`` are the last ``k <= L`` projected."""
-        k = e.shape[1]
-        self.count += total - k  # chunks older than the window are never needed
-        for t in range(k):
+    def prime(self, x: Tensor, embed: Callable[[Tensor], Tensor]) -> None:
+        """Append ``x (N, T, D)`` past chunks: only the last ``k = min(T, L)`` are projected by ``embed``
+        (``(N, k, D) -> (N, k, d)``); older ones are never needed, only counted."""
+        T = x.shape[1]
+        e = embed(x[:, max(0, T - self.L) :])  # (N, k, D) -> (N, k, d)
+        self.count += T - e.shape[1]
+        for t in range(e.shape[1]):
             self.push(e[:, t])
 
 
@@ -53,16 +55,11 @@ class WindowStep(OnlineStep):
     With ``int8`` (CPU, float32) the copy is :func:`oad.online.quantized.quantize_linear`'s: int8 linear
     layers, everything else float32."""
 
-    supports_int8 = True
+    quantize = staticmethod(quantize_linear)
+    int8_label = "plain"
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
-        super().__init__(net, device, dtype)
-        if int8:
-            check_int8_device(device, type(net).__name__)
-            self.net = quantize_linear(net)
-            self.implementation = f"plain int8 dynamic ({self.net.int8_engine})"
-        else:
-            self.net = copy.deepcopy(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        super().__init__(net, device, dtype, int8)
         self.ring: RingBuffer | None = None
         self.masks: Tensor | None = None
 
@@ -82,7 +79,6 @@ class WindowStep(OnlineStep):
         return self.net.forward_embedded(window, mask)
 
     def prime(self, x: Tensor) -> None:
-        T = x.shape[1]
-        self.ring.extend(self.net.embed(x[:, max(0, T - self.ring.L) :]), T)  # (N, k, D) -> (N, k, d)
+        self.ring.prime(x, self.net.embed)
 
 
