@@ -3,8 +3,8 @@
 The streaming runner (``oad.online.OnlineDetector``) keeps its state inside a Python object; an
 exported model cannot, so the exported step is a pure function of explicit state: the
 :class:`oad.online.base.ExportStep` its model names in ``export_step``, kept next to the model's online
-step (OadTR: :class:`oad.online.oadtr.OadTRExportStep`, an explicit buffer of projected inputs; TRN:
-:class:`oad.online.recurrent.TRNExportStep`, the recurrent state).
+step (window models such as OadTR and the linear floor: :class:`oad.online.window.WindowExportStep`, an
+explicit buffer of projected inputs; TRN: :class:`oad.online.recurrent.TRNExportStep`, the recurrent state).
 
 Scores are probabilities: the softmax over the classes other than the ignore class (probability 0), as
 ``oad.models.base.class_probabilities`` computes them. The batch dimension ``N`` (streams stepped together)

@@ -11,66 +11,50 @@ import pytest
 import torch
 
 from oad.checkpoint import save_network
-from oad.export import export_checkpoint, export_network, step_module
-from oad.online.oadtr import OadTRExportStep as OadTRStep
-from oad.online.recurrent import TRNExportStep as TRNStep
+from oad.export import export_checkpoint, step_module
+from oad.models import registry
+from oad.models.base import OnlineModel
+from oad.online.recurrent import TRNExportStep
 from oad.tasks.scoring import class_probabilities, score_videos
-from oad.models.oadtr import OadTR
-from oad.models.trn import TRN
 
 IGNORE = 5
-WINDOW = 4
-OADTR = dict(in_dim=24, num_classes=6, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48,
-             num_queries=3, decoder_layers=2, decoder_heads=4, decoder_ffn_dim=48)
-TRN_CFG = dict(in_dim=24, num_classes=6, window=WINDOW, hidden_dim=32, num_queries=3)
+NUM_CLASSES = 6
+IN_DIM = 24
+STEPS = 17  # more than twice the tiny window models' windows: partial windows, then full ones
+EXPORTABLE = [name for name in registry.names() if registry.get(name).cls.export_step]
 
 
 def make_net(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = OadTR(**OADTR) if name == "oadtr" else TRN(**TRN_CFG)
-    with torch.no_grad():  # TRN's N(0, 0.001) init gives near-uniform scores: make the outputs differ
-        for p in net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return net.eval()
+    return registry.tiny_model(name, in_dim=IN_DIM, num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
-    """Each model exported once: OadTR through a checkpoint file (the tool's path), TRN directly."""
+    """Every exportable model exported once, through a checkpoint file as tools/export.py does it."""
     out = {}
-    for name in ("oadtr", "trn"):
+    for name in EXPORTABLE:
         net = make_net(name)
         d = tmp_path_factory.mktemp(name)
-        if name == "oadtr":
-            ckpt = d / "model.ckpt"
-            save_network(ckpt, net, {"_target_": "oad.models.oadtr.OadTR", **OADTR},
-                         {"ignore_index": IGNORE, "class_names": list("abcdef")})
-            manifest = export_checkpoint(ckpt, d / "export")
-        else:
-            manifest = export_network(net, d / "export", ignore_index=IGNORE)
-        out[name] = (net, d / "export", manifest)
+        config = {"_target_": registry.get(name).target, "in_dim": IN_DIM, "num_classes": NUM_CLASSES,
+                  **type(net).tiny}
+        save_network(d / "model.ckpt", net, config, {"ignore_index": IGNORE, "class_names": list("abcdef")})
+        out[name] = (net, d / "export", export_checkpoint(d / "model.ckpt", d / "export"))
     return out
 
 
-def run_steps(run, first_inputs, xs, is_oadtr):
-    """Step ``run`` over the chunks ``xs``, feeding its own state back; returns the outputs of each step."""
-    inputs, outs = first_inputs, []
-    for t in range(len(xs)):
-        out = tuple(run(inputs))
+def run_steps(run, step, xs):
+    """Step ``run`` over the chunks ``xs`` from the initial state, feeding its own state back; returns the
+    outputs of each step."""
+    state, outs = step.init_state(xs[0].shape[0]), []
+    for x in xs:
+        out = tuple(run(step.arrange(state, x)))
         outs.append(out)
-        if t + 1 < len(xs):
-            state = out[2:]
-            inputs = (*state, xs[t + 1]) if is_oadtr else (xs[t + 1], *state)
+        state = out[2:]
     return outs
 
 
-def first_inputs(step, x):
-    state = step.init_state(x.shape[0])
-    return (*state, x) if isinstance(step, OadTRStep) else (x, *state)
-
-
-@pytest.mark.parametrize("name", ["oadtr", "trn"])
 @pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("name", EXPORTABLE)
 def test_exported_step_matches_pytorch(exported, name, streams):
     net, d, manifest = exported[name]
     assert (d / "step.pt").is_file() and (d / "step.onnx").is_file()
@@ -79,19 +63,17 @@ def test_exported_step_matches_pytorch(exported, name, streams):
 
     step = step_module(net, IGNORE)
     g = torch.Generator().manual_seed(1)
-    xs = [torch.randn(streams, net.in_dim, generator=g) for _ in range(2 * WINDOW + 1)]
-    init = first_inputs(step, xs[0])
-    is_oadtr = isinstance(step, OadTRStep)
+    xs = [torch.randn(streams, net.in_dim, generator=g) for _ in range(STEPS)]
     with torch.no_grad():
-        ref = run_steps(lambda inp: step(*inp), init, xs, is_oadtr)
+        ref = run_steps(lambda inp: step(*inp), step, xs)
         ts = torch.jit.load(str(d / "step.pt"))
-        got_ts = run_steps(lambda inp: ts(*inp), init, xs, is_oadtr)
+        got_ts = run_steps(lambda inp: ts(*inp), step, xs)
     sess = ort.InferenceSession(str(d / "step.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     assert names == list(step.input_names)
     got_onnx = run_steps(
         lambda inp: [torch.from_numpy(np.asarray(o)) for o in sess.run(None, {n: t.numpy() for n, t in zip(names, inp)})],
-        init, xs, is_oadtr)
+        step, xs)
 
     for t, (r, a, b) in enumerate(zip(ref, got_ts, got_onnx)):
         for i, (rr, aa, bb) in enumerate(zip(r, a, b)):
@@ -102,18 +84,16 @@ def test_exported_step_matches_pytorch(exported, name, streams):
     assert not torch.allclose(ref[0][0], ref[-1][0], atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["oadtr", "trn"])
+@pytest.mark.parametrize("name", EXPORTABLE)
 def test_step_reproduces_the_offline_online_scores(name):
     net = make_net(name)
     step = step_module(net, IGNORE)
-    T = 2 * WINDOW + 3
-    feats = torch.randn(T, net.in_dim, generator=torch.Generator().manual_seed(2))
+    feats = torch.randn(STEPS + 2, net.in_dim, generator=torch.Generator().manual_seed(2))
     (logits, future), = score_videos(net, [feats])
     want = class_probabilities(logits, IGNORE)
     want_future = class_probabilities(future, IGNORE)
-    xs = [feats[t : t + 1] for t in range(T)]
     with torch.no_grad():
-        outs = run_steps(lambda inp: step(*inp), first_inputs(step, xs[0]), xs, isinstance(step, OadTRStep))
+        outs = run_steps(lambda inp: step(*inp), step, [f[None] for f in feats])
     got = torch.cat([o[0] for o in outs])
     got_future = torch.cat([o[1] for o in outs])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -121,11 +101,18 @@ def test_step_reproduces_the_offline_online_scores(name):
     assert torch.all(got[:, IGNORE] == 0)
 
 
-def test_step_module_rejects_other_models():
-    from oad.models.linear import ChunkLinear
+class NoExport(OnlineModel):
+    online_step = "oad.online.window:WindowStep"
 
+    def __init__(self):
+        super().__init__()
+        self.in_dim, self.num_classes, self.num_queries = 4, 3, 0
+
+
+def test_step_module_rejects_other_models():
+    assert {"oadtr", "trn", "linear"} <= set(EXPORTABLE)
     with pytest.raises(TypeError, match="no exportable step"):
-        step_module(ChunkLinear(in_dim=4, num_classes=3, window=1, num_queries=2))
-    assert isinstance(step_module(make_net("trn"), IGNORE), TRNStep)
+        step_module(NoExport())
+    assert isinstance(step_module(make_net("trn"), IGNORE), TRNExportStep)
     with pytest.raises(ValueError, match="ignore_index 21"):
         step_module(make_net("trn"), 21)

@@ -1,18 +1,17 @@
 """int8 streaming (``OnlineDetector(dtype="int8")``, :mod:`oad.online.quantized`) and the int8 ONNX export.
 
-Tolerances (probabilities, 22 classes, small models with N(0, 0.3) weights so that scores are peaked and
-vary from chunk to chunk; measured maxima in brackets, this project's AVX2 CPU, x86/fbgemm engine):
+Every registered model whose online step quantizes (its ``quantize``) is tested, on its shared tiny
+instance (``oad.models.registry.tiny_model``: N(0, 0.3) weights, so that scores are peaked and vary from
+chunk to chunk), within the bounds its class declares (``int8_tolerance``; probabilities, 22 classes):
 
-- int8 step vs fp32 step, one stream of 30 chunks: ``max |p_int8 - p_fp32| <= INT8_VS_FP32[kind]``
-  (OadTR fused 0.006, plain 0.005, TRN 0.004, ChunkLinear 0.010, MiniROAD 0.002, LSTR 0.016, TeSTra 0.057:
-  its running sums exponentiate the scores, so their noise is amplified) and the top class agrees on at
-  least 90% of the chunks (measured 97-100%);
+- int8 step vs fp32 step, one stream of 30 chunks: ``max |p_int8 - p_fp32| <= int8_tolerance['fp32']``
+  (TeSTra's is the widest: its running sums exponentiate the scores, so their noise is amplified) and the
+  top class agrees on at least 90% of the chunks;
 - int8 streaming vs the quantized copy's whole-video scoring (``forward_videos``): exactly equal where the
   offline path batches the products as the step does (TRN; OadTR/ChunkLinear scored one window at a time
   from chunks embedded one at a time) -- dynamic quantization gives an activation the scale of the whole
   tensor a product is called on, so scoring many windows in one batch (``forward_videos``) changes the
-  scales; that is within ``INT8_VS_OFFLINE[kind]`` (measured OadTR 0.009, ChunkLinear 0.012, MiniROAD
-  0.002, LSTR 0.020, TeSTra 0.047);
+  scales; that is within ``int8_tolerance['offline']``;
 - the int8 ONNX step (onnxruntime) vs the PyTorch int8 step and vs fp32: ``oad.export.INT8_TOLERANCE``.
 
 No timing assertions (``tools/bench.py --int8`` times them).
@@ -28,14 +27,9 @@ import torch
 from torch.testing import assert_close
 
 from oad.export import INT8_TOLERANCE, check_int8_exported, export_network, step_module
-from oad.models import TRN, ChunkLinear, OadTR
-from oad.models.base import OnlineModel, class_probabilities, window_rows
-from oad.models.lstr import LSTR
-from oad.models.miniroad import MiniROAD
-from oad.models.oadtr_sw import OadTRSW
-from oad.models.testra import TeSTra
+from oad.models import registry
+from oad.models.base import OnlineModel, class_probabilities, resolve, window_rows
 from oad.online import OnlineDetector, OnlineStep
-from oad.online.lstr import quantize_lstr
 from oad.online.quantized import is_int8, is_quantized, pack_linear, quantize_linear
 
 IN_DIM = 24
@@ -44,35 +38,32 @@ IGNORE = 21
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-INT8_VS_FP32 = {"oadtr": 0.03, "trn": 0.03, "linear": 0.04, "miniroad": 0.03, "lstr": 0.06, "testra": 0.15,
-                "oadtr_sw": 0.05}  # oadtr_sw: 7 attention layers per step on these sharp weights (measured 0.033)
-INT8_VS_OFFLINE = {"oadtr": 0.04, "linear": 0.05, "miniroad": 0.03, "lstr": 0.08, "testra": 0.15}
 
 
 def make(kind: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = {
-        "oadtr": lambda: OadTR(in_dim=IN_DIM, num_classes=22, window=WINDOW, d_model=32, num_heads=4, num_layers=2,
-                               mlp_dim=48, num_queries=4, decoder_layers=3, decoder_heads=2, decoder_ffn_dim=40),
-        "trn": lambda: TRN(in_dim=IN_DIM, num_classes=22, hidden_dim=32, num_queries=3),
-        "linear": lambda: ChunkLinear(in_dim=IN_DIM, num_classes=22, window=3, num_queries=4),
-        "miniroad": lambda: MiniROAD(in_dim=IN_DIM, num_classes=22, embedding_dim=32, hidden_dim=24, window=WINDOW),
-        "lstr": lambda: LSTR(in_dim=IN_DIM, d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4,
-                             enc_queries=(4, 4)),
-        "testra": lambda: TeSTra(in_dim=IN_DIM, d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4,
-                                 enc_queries=(4, 4), alpha=0.9),
-        "oadtr_sw": lambda: OadTRSW(in_dim=IN_DIM, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48,
-                                    num_queries=4, decoder_layers=2, decoder_heads=2, decoder_ffn_dim=40),
-    }[kind]()
-    for p in net.parameters():  # larger than the default init, so the scores vary between chunks
-        if p.dim() >= 2 or kind not in ("lstr", "testra"):  # (their post-norm layers keep LayerNorm 1/0)
-            torch.nn.init.normal_(p, std=0.3)
-    return net.eval()
+    """The shared tiny instance of a registered model (``oad.models.registry.tiny_model``)."""
+    return registry.tiny_model(kind, in_dim=IN_DIM, seed=seed)
+
+
+def step_class(kind: str) -> type[OnlineStep]:
+    return resolve(registry.get(kind).cls.online_step)
+
+
+def tolerance(kind: str, against: str) -> float | None:
+    """The model's bound on ``max |p_int8 - p|`` against ``fp32`` or ``offline`` (its ``int8_tolerance``)."""
+    return registry.get(kind).cls.int8_tolerance[against]
 
 
 def quantized_copy(kind: str, net: torch.nn.Module) -> torch.nn.Module:
-    """The int8 copy the step of ``kind`` runs (LSTR/TeSTra also quantize their attention in-projections)."""
-    return quantize_lstr(net) if kind in ("lstr", "testra") else quantize_linear(net)
+    """The int8 copy the step of ``kind`` runs (its step class's ``quantize``)."""
+    return step_class(kind).quantize(net)
+
+
+# every registered model whose online step has an int8 path, and OadTR's plain step beside its fused one
+INT8 = [name for name in registry.names() if step_class(name).quantize is not None]
+CASES = [(name, {}) for name in INT8] + [("oadtr", {"fused": False})]
+OFFLINE = [(name, {"fused": False} if name == "oadtr" else {}) for name in INT8
+           if tolerance(name, "offline") is not None]
 
 
 def features(T: int = 30, n: int | None = None, seed: int = 1) -> torch.Tensor:
@@ -90,7 +81,13 @@ CASES = [("oadtr", {}), ("oadtr", {"fused": False}), ("trn", {}), ("linear", {})
          ("testra", {}), ("oadtr_sw", {})]
 
 
-@pytest.mark.parametrize("kind, options", CASES)
+def test_every_int8_step_declares_its_bounds():
+    assert {"oadtr", "trn", "linear", "miniroad", "lstr", "testra", "oadtr_sw"} <= set(INT8)
+    for name in INT8:
+        assert tolerance(name, "fp32") > 0, name
+
+
+@pytest.mark.parametrize("kind, options", CASES, ids=[f"{k}-{'-'.join(map(str, o.items()))}" for k, o in CASES])
 def test_int8_step_is_close_to_fp32(kind, options):
     net = make(kind)
     feats = features()
@@ -99,9 +96,9 @@ def test_int8_step_is_close_to_fp32(kind, options):
     s8, f8 = stream_all(det, feats)
     s32, f32 = stream_all(OnlineDetector(net), feats)
     assert s8.dtype == torch.float32 and s8.shape == s32.shape and f8.shape == f32.shape
-    assert (s8 - s32).abs().max() <= INT8_VS_FP32[kind]
+    assert (s8 - s32).abs().max() <= tolerance(kind, "fp32")
     if f8.numel():
-        assert (f8 - f32).abs().max() <= INT8_VS_FP32[kind]
+        assert (f8 - f32).abs().max() <= tolerance(kind, "fp32")
     assert (s8.argmax(-1) == s32.argmax(-1)).float().mean() >= 0.9
     assert torch.all(s8[:, IGNORE] == 0)  # the ignore class is still left out of the softmax
 
@@ -151,8 +148,7 @@ def test_int8_plain_window_step_equals_offline_scoring_batched_like_it(kind):
     assert_close(f, class_probabilities(torch.stack(future), IGNORE), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind, options", [("oadtr", {"fused": False}), ("trn", {}), ("linear", {}), ("miniroad", {}),
-                                           ("lstr", {}), ("testra", {})])
+@pytest.mark.parametrize("kind, options", OFFLINE)
 def test_int8_streaming_matches_the_quantized_copys_forward_videos(kind, options):
     net = make(kind)
     feats = features()
@@ -162,13 +158,11 @@ def test_int8_streaming_matches_the_quantized_copys_forward_videos(kind, options
         logits, future = q.forward_videos([feats])[0]
     off_s, off_f = class_probabilities(logits, IGNORE), class_probabilities(future, IGNORE)
     s, f = stream_all(OnlineDetector(net, dtype="int8", **options), feats)
-    if kind == "trn":  # forward_videos steps the same (1, D) products as the stream: exactly equal
-        assert_close(s, off_s, rtol=0, atol=1e-6)
-        assert_close(f, off_f, rtol=0, atol=1e-6)
-        return
-    assert (s - off_s).abs().max() <= INT8_VS_OFFLINE[kind]
+    # a bound of 0: forward_videos steps the same products as the stream (TRN), exactly equal
+    tol = max(tolerance(kind, "offline"), 1e-6)
+    assert (s - off_s).abs().max() <= tol
     if f.numel():
-        assert (f - off_f).abs().max() <= INT8_VS_OFFLINE[kind]
+        assert (f - off_f).abs().max() <= tol
     assert (s.argmax(-1) == off_s.argmax(-1)).float().mean() >= 0.9
 
 
@@ -183,13 +177,13 @@ def test_int8_streams_reset_and_prime(kind):
     for i in range(3):
         det.reset()
         alone, _ = stream_all(det, feats[i])
-        assert (alone - together[i]).abs().max() < INT8_VS_FP32[kind]
+        assert (alone - together[i]).abs().max() < tolerance(kind, "fp32")
     det.reset()
     det.prime(feats[:, :20])
     primed = det.step(feats[:, 20]).scores
     det.reset()
     stepped, _ = stream_all(det, feats[:, :21])
-    assert (primed - stepped[:, -1]).abs().max() < INT8_VS_FP32[kind]
+    assert (primed - stepped[:, -1]).abs().max() < tolerance(kind, "fp32")
 
 
 def test_the_wrapped_model_is_left_alone():
@@ -247,10 +241,13 @@ def test_refusals_are_clear():
 # ---------------------------------------------------------------------------------------------------
 
 
+EXPORT_INT8 = [name for name in INT8 if registry.get(name).cls.export_step]
+
+
 @pytest.fixture(scope="module")
 def exported_int8(tmp_path_factory) -> dict:
     out = {}
-    for kind in ("oadtr", "trn"):
+    for kind in EXPORT_INT8:
         net = make(kind)
         d = tmp_path_factory.mktemp(f"{kind}_int8")
         manifest = export_network(net, d, ignore_index=IGNORE, precision="int8")
@@ -258,7 +255,7 @@ def exported_int8(tmp_path_factory) -> dict:
     return out
 
 
-@pytest.mark.parametrize("kind", ["oadtr", "trn"])
+@pytest.mark.parametrize("kind", EXPORT_INT8)
 def test_int8_onnx_export_matches_the_pytorch_int8_step(exported_int8, kind):
     import onnxruntime as ort
 
@@ -285,7 +282,7 @@ def test_int8_onnx_export_matches_the_pytorch_int8_step(exported_int8, kind):
     assert matrix_elements(d / "step_int8.onnx", onnx.TensorProto.FLOAT) <= 0.2 * fp32_matrices
 
     # another input sequence, more streams, each runtime feeding its own state back
-    step8 = step_module(quantize_linear(net), IGNORE)
+    step8 = step_module(quantized_copy(kind, net), IGNORE)
     again = check_int8_exported(step_module(net, IGNORE), step8, d / "step_int8.onnx", steps=2 * WINDOW + 1,
                                 num_streams=4, seed=3)
     for key, tol in INT8_TOLERANCE.items():

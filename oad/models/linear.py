@@ -25,6 +25,7 @@ class ChunkLinear(OnlineModel):
 
     samples = "oad.data.samples:last_chunk_windows"
     online_step = "oad.online.window:WindowStep"
+    export_step = "oad.online.window:WindowExportStep"
     future_offset = 1
 
     # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows

@@ -154,7 +154,7 @@ class OadTR(OnlineModel):
 
     samples = "oad.data.samples:last_chunk_windows"  # trained on the last chunk of each window
     online_step = "oad.online.oadtr:OadTRStep"
-    export_step = "oad.online.oadtr:OadTRExportStep"
+    export_step = "oad.online.window:WindowExportStep"
     future_offset = 1  # future query j (0-based) predicts chunk t + 1 + j
 
     # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows

@@ -289,7 +289,7 @@ class OadTRSW(OnlineModel):
     # on the tiny model's sharp weights), benchmark rows (flat in the window)
     tiny = dict(window=8, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4, decoder_layers=2,
                 decoder_heads=2, decoder_dim=32, decoder_ffn_dim=40)
-    int8_tolerance = {"fp32": 0.05, "offline": None}
+    int8_tolerance = {"fp32": 0.05, "offline": 0.03}
     paper_variants = {f"OadTR-SW (window {w})": {"config": {"window": w}} for w in (64, 256, 1024)}
 
     def __init__(

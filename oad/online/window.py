@@ -5,6 +5,9 @@ chronological order is always the contiguous-in-time slice ``[p + 1, p + 1 + L)`
 shifting, and the input projection of a chunk is computed once, not ``L`` times. Until ``L`` chunks have
 arrived the window is left-padded with zeros and masked, exactly as the offline "all" protocol does
 (:func:`oad.models.base.score_windows`), so streaming and offline scores are the same.
+
+:class:`WindowExportStep` is the same step for TorchScript and ONNX (:mod:`oad.export`), over an explicit
+buffer of projected inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from oad.online.base import OnlineStep
+from oad.online.base import ExportStep, OnlineStep
 from oad.online.quantized import quantize_linear
 
 
@@ -82,3 +85,52 @@ class WindowStep(OnlineStep):
         self.ring.prime(x, self.net.embed)
 
 
+class WindowExportStep(ExportStep):
+    """One online step of a window model (``embed`` + ``forward_embedded``: OadTR, the linear floor) over an
+    explicit buffer of projected inputs:
+    ``(buffer (N, L, d), count (N,), features (N, in_dim)) -> (scores (N, C), future_scores (N, Q, C),
+    buffer (N, L, d), count (N,))``.
+
+    ``buffer`` holds the projected inputs of the last ``L`` chunks, oldest first, zeros before the stream
+    starts; ``count`` is the number of chunks seen so far (int64, capped at ``L``). Start with zeros for
+    both and feed back what the step returns. Until ``L`` chunks have arrived the window is left-padded
+    and masked, exactly as the offline "all" protocol (``oad.tasks.scoring.score_videos``) scores the
+    first ``L - 1`` chunks.
+
+    Args:
+        net: a trained window model (copied, in eval mode).
+        ignore_index: class left out of the softmax, or None.
+    """
+
+    input_names = ("buffer", "count", "features")
+    output_names = ("scores", "future_scores", "next_buffer", "next_count")
+    state_first = True
+
+    def __init__(self, net: nn.Module, ignore_index: int | None = 21):
+        super().__init__(net, ignore_index)
+        self.window = net.window
+        with torch.no_grad():  # width of the projected inputs the buffer holds
+            self.d_model = int(self.net.embed(torch.zeros(1, net.in_dim)).shape[-1])
+        self.register_buffer("positions", torch.arange(net.window), persistent=False)
+
+    def forward(self, buffer: Tensor, count: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """
+        Args:
+            buffer: ``(N, L, d_model)`` projected inputs of the previous chunks, oldest first.
+            count: ``(N,)`` int64, chunks seen before this one.
+            features: ``(N, in_dim)`` the new chunk.
+        Returns:
+            ``scores (N, C)``, ``future_scores (N, Q, C)``, the new ``buffer`` and ``count``.
+        """
+        e = self.net.embed(features)  # (N, in_dim) -> (N, d)
+        buffer = torch.cat((buffer[:, 1:], e[:, None]), dim=1)  # drop the oldest: (N, L, d)
+        count = torch.clamp(count + 1, max=self.window)
+        mask = self.positions[None, :] >= (self.window - count)[:, None]  # (N, L): the last `count` are real
+        logits, future = self.net.forward_embedded(buffer, mask)
+        return (*self.probabilities(logits, future), buffer, count)
+
+    def init_state(self, n: int) -> tuple[Tensor, Tensor]:
+        """``(buffer, count)`` before the first chunk of ``n`` streams."""
+        ref = self.class_bias
+        return (torch.zeros(n, self.window, self.d_model, device=ref.device),
+                torch.zeros(n, dtype=torch.int64, device=ref.device))
