@@ -73,7 +73,8 @@ class Batch(TypedDict, total=False):
     mask: (B, L) bool, True on real chunks.
     target: (B, C) current-chunk targets (last-chunk windows), or (B, S, C) targets of the last ``S``
         positions (sequences, memory windows; zeros at padded positions).
-    future_target: (B, Q, C), or (B, S, Q, C) with ``target`` (B, S, C); rows past the end of a video are zeros.
+    future_target: (B, Q, C) with a (B, C) target, or (B, S, Q, C) with a (B, S, C) one; rows past the end
+        of a video are zeros.
     video: (B,) int64 index of the video in the dataset; end: (B,) int64 end (exclusive) of each window.
     long_features: (B, N, D) long-memory chunks (LSTR/TeSTra samples, :mod:`oad.data.memory`), and
     long_mask: (B, N) bool, True on real long-memory tokens; the work window is ``features`` (B, W, D).
@@ -92,10 +93,10 @@ class Batch(TypedDict, total=False):
 class EpochIndex(Dataset, ABC):
     """Training items addressed by ``(video, end)`` pairs, the pairs redrawn every epoch.
 
-    ``index`` is an ``(N, 2)`` int64 array of ``(video, end)`` rows, ``end`` the exclusive end of the
-    item's last chunk. ``set_epoch(epoch)`` rebuilds it from :meth:`ends` with a generator seeded by
-    ``(seed, epoch)`` (the same items for the same seed and epoch, on every process and worker), asking
-    the videos in order. An item is :meth:`item`'s tensors plus ``video`` and ``end``.
+    ``index`` is an ``(N, 2)`` int64 array of ``(video, end)`` rows, the item's last chunk ``end - 1``.
+    ``set_epoch(epoch)`` rebuilds it from :meth:`ends`, asking the videos in order with one generator
+    seeded by ``(seed, epoch)``: the same items for the same seed and epoch, on every process and worker.
+    An item is :meth:`item`'s tensors plus ``video`` and ``end``.
 
     Subclasses set their own attributes before calling ``super().__init__``, which builds epoch 0.
 
