@@ -1,5 +1,6 @@
-"""Window dataset: target alignment on the real THUMOS'14 label arrays, padding/masks, dense mode,
-and whole-video scoring equal to per-window forwards."""
+"""Training datasets: last-chunk window target alignment on the real THUMOS'14 label arrays,
+padding/masks, TRN's dense windows, LSTR/TeSTra memory windows, the per-epoch index they share, and
+whole-video scoring equal to per-window forwards."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from oad.data.base import Video
-from oad.data.windows import WindowDataset, future_targets
+from oad.data.base import Video, future_targets
+from oad.data.memory import long_memory_sample
+from oad.data import samples  # (its testra_memory_windows is not imported by name: pytest would collect it)
+from oad.data.windows import WindowDataset
 from oad.tasks.scoring import score_videos
 
 
@@ -26,7 +29,7 @@ def videos_from_labels(labels: dict, n: int = 6, dim: int = 5, max_len: int | No
 def test_window_target_alignment_on_real_labels(thumos_val_labels):
     vids = videos_from_labels(thumos_val_labels)
     L, Q = 16, 8
-    ds = WindowDataset(vids, L, Q, future_offset=1, dense=False, ignore_index=21, drop_ignored=True)
+    ds = WindowDataset(vids, L, Q, future_offset=1, ignore_index=21, drop_ignored=True)
     # one window per chunk, minus the Ambiguous ones
     expected = sum(int((v.targets[:, 21] == 0).sum()) for v in vids)
     assert len(ds) == expected
@@ -87,7 +90,8 @@ def test_future_targets_offsets():
 def test_dense_windows_cover_every_chunk_and_keep_their_count(thumos_val_labels):
     vids = videos_from_labels(thumos_val_labels, n=4, max_len=300)
     L = 32
-    ds = WindowDataset(vids, L, 8, future_offset=0, dense=True, seed=3)
+    ds = samples.dense_windows(vids, {"window": L, "num_queries": 8, "future_offset": 0}, ignore_index=21, seed=3)
+    assert ds.context == 0  # TRN's dense windows are sequences with no history
     n0 = len(ds)
     for epoch in range(4):
         ds.set_epoch(epoch)
@@ -109,6 +113,90 @@ def test_dense_windows_cover_every_chunk_and_keep_their_count(thumos_val_labels)
     ends0 = ds.index.copy()
     ds.set_epoch(1)
     assert not np.array_equal(ends0, ds.index)  # offsets are redrawn
+
+
+def test_strided_windows_end_every_stride_chunks_from_a_per_epoch_offset(thumos_val_labels):
+    vids = videos_from_labels(thumos_val_labels, n=3, max_len=200)
+    ds = samples.strided_windows(vids, {"window": 16, "stride": 4}, ignore_index=21, seed=1)
+    firsts = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for vi, v in enumerate(vids):
+            ends = ds.index[ds.index[:, 0] == vi, 1]
+            first = int(ends[0]) - 1
+            assert 0 <= first < 4
+            np.testing.assert_array_equal(ends, np.arange(first + 1, v.num_chunks + 1, 4))  # Ambiguous kept
+            firsts.add(first)
+    assert len(firsts) > 1  # the offset is redrawn
+
+
+def test_strided_windows_can_drop_ambiguous_windows():
+    """The Ambiguous rule reads the targets of the windows' own last chunks, whatever the stride."""
+    T = 20
+    lab = np.arange(T) % 22
+    lab[[5, 10, 15, 16]] = 21  # one at every residue modulo the stride: some window is dropped
+    v = Video("v", (np.zeros((T, 2), np.float32),), np.eye(22, dtype=np.float32)[lab])
+    ds = WindowDataset([v], 4, 0, ignore_index=21, drop_ignored=True, stride=4, seed=0)
+    first = int(np.random.default_rng((0, 0)).integers(0, 4))
+    expected = [t for t in range(first, T, 4) if lab[t] != 21]
+    assert [int(e) - 1 for e in ds.index[:, 1]] == expected
+
+
+@pytest.mark.parametrize("function, stretch", [("lstr_memory_windows", True), ("testra_memory_windows", False)])
+def test_memory_windows_slice_the_work_window_and_its_long_memory(function, stretch):
+    rng = np.random.default_rng(0)
+    vids = []
+    for i, T in enumerate([5, 40, 130]):
+        feats = rng.normal(size=(T, 4)).astype(np.float32)
+        feats[:, 0] = np.arange(T)  # the chunk index
+        vids.append(Video(f"v{i}", (feats,), np.eye(22, dtype=np.float32)[rng.integers(0, 22, size=T)]))
+    W, L, stride = 8, 32, 4
+    config = {"work_memory": W, "long_memory": L, "long_stride": stride}
+    ds = getattr(samples, function)(vids, config, ignore_index=21, seed=2)
+    offsets = []
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        assert not (ds.index[:, 0] == 0).any()  # a video of at most W chunks has no window
+        for k in range(len(ds)):
+            item = ds[k]
+            vi, end = int(item["video"]), int(item["end"])
+            v, ws = vids[vi], end - W
+            assert end < v.num_chunks  # a window ending at the last chunk is dropped, as the references
+            np.testing.assert_array_equal(item["features"][:, 0].numpy(), np.arange(ws, end))
+            assert item["mask"].all() and item["future_target"].shape == (W, 0, 22)
+            np.testing.assert_array_equal(item["target"].numpy(), v.targets[ws:end])
+            idx, valid = long_memory_sample(ws, L, L // stride, stretch)
+            np.testing.assert_array_equal(item["long_features"][:, 0].numpy(), idx)
+            np.testing.assert_array_equal(item["long_mask"].numpy(), valid)
+        starts = ds.index[ds.index[:, 0] == 2, 1] - W
+        assert 0 <= starts[0] < W and (np.diff(starts) == W).all()
+        offsets.append(int(starts[0]))
+    assert len(set(offsets)) > 1  # the offset is redrawn every epoch
+
+
+@pytest.mark.parametrize("make", [
+    lambda vids: samples.dense_windows(vids, {"window": 16, "num_queries": 2}, ignore_index=21, seed=7),
+    lambda vids: samples.strided_windows(vids, {"window": 16, "stride": 3}, ignore_index=21, seed=7),
+    lambda vids: samples.lstr_memory_windows(vids, {"work_memory": 8, "long_memory": 16, "long_stride": 4},
+                                     ignore_index=21, seed=7),
+])
+def test_the_index_depends_on_seed_and_epoch_only(thumos_val_labels, make):
+    """Same seed and epoch, same items (every process and resumed run); another epoch or seed, others."""
+    vids = videos_from_labels(thumos_val_labels, n=4, max_len=300)
+    a, b = make(vids), make(vids)
+    a.set_epoch(3)
+    b.set_epoch(1)
+    b.set_epoch(3)
+    np.testing.assert_array_equal(a.index, b.index)
+    assert a.index.dtype == np.int64 and len(a) == len(a.index)
+    for k in (0, len(a) // 2, len(a) - 1):
+        for key, x in a[k].items():
+            assert torch.equal(x, b[k][key]), key
+    b.set_epoch(4)
+    assert not np.array_equal(a.index, b.index)
+    b.seed = 8
+    b.set_epoch(3)
+    assert not np.array_equal(a.index, b.index)
 
 
 def test_whole_video_scoring_equals_windowed_forward():

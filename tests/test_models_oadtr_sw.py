@@ -14,7 +14,8 @@ from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
 from oad.data.base import Video
-from oad.data.sequences import SequenceDataset, dense_sequences, sequence_lengths
+from oad.data.samples import dense_sequences
+from oad.data.sequences import SequenceDataset, sequence_lengths
 from oad.losses import OadCriterion
 from oad.models.base import class_probabilities, count_parameters
 from oad.models.oadtr import OadTR

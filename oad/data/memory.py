@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from oad.data.base import Video
+from oad.data.base import EpochIndex, Video
 
 
 def long_memory_sample(ws: int, long_memory: int, num_tokens: int, stretch: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +27,7 @@ def long_memory_sample(ws: int, long_memory: int, num_tokens: int, stretch: bool
     return idx, valid
 
 
-class MemoryWindowDataset(Dataset):
+class MemoryWindowDataset(EpochIndex):
     """Work windows with their long memories over a list of videos (see the module docstring).
 
     An item: ``features (W, D)`` work chunks, ``mask (W,)`` (all True), ``target (W, C)``,
@@ -49,37 +48,26 @@ class MemoryWindowDataset(Dataset):
         if work_memory < 1 or long_memory < long_stride or long_memory % long_stride:
             raise ValueError(f"need work_memory >= 1 and long_memory a multiple of long_stride, got "
                              f"{work_memory}, {long_memory}, {long_stride}")
-        self.videos, self.W, self.L = videos, work_memory, long_memory
-        self.N, self.stretch, self.seed = long_memory // long_stride, stretch, seed
-        self.set_epoch(0)
+        self.W, self.L = work_memory, long_memory
+        self.N, self.stretch = long_memory // long_stride, stretch
+        super().__init__(videos, seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        """New random offsets (the references redraw them every epoch)."""
-        rng = np.random.default_rng((self.seed, epoch))
-        pairs = []
-        for vi, v in enumerate(self.videos):
-            s0 = int(rng.integers(0, self.W))
-            starts = np.arange(s0, v.num_chunks - self.W, self.W)  # ws + W < T
-            pairs.append(np.stack([np.full(len(starts), vi), starts], axis=1))
-        self.index = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), np.int64)
+    def ends(self, video: Video, rng: np.random.Generator) -> np.ndarray:
+        s0 = int(rng.integers(0, self.W))  # the references redraw it every epoch
+        starts = np.arange(s0, video.num_chunks - self.W, self.W)  # ws + W < T
+        return starts + self.W
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        vi, ws = (int(x) for x in self.index[i])
-        v = self.videos[vi]
+    def item(self, video: Video, end: int) -> dict[str, torch.Tensor]:
+        ws = end - self.W
         idx, valid = long_memory_sample(ws, self.L, self.N, self.stretch)
         lo = int(idx.min())
-        long = v.features(lo, int(idx.max()) + 1)[idx - lo]  # (N, D)
-        targets = np.asarray(v.targets[ws : ws + self.W], dtype=np.float32)  # (W, C)
+        long = video.features(lo, int(idx.max()) + 1)[idx - lo]  # (N, D)
+        targets = np.asarray(video.targets[ws:end], dtype=np.float32)  # (W, C)
         return {
-            "features": torch.from_numpy(v.features(ws, ws + self.W)),
+            "features": torch.from_numpy(video.features(ws, end)),
             "mask": torch.ones(self.W, dtype=torch.bool),
             "target": torch.from_numpy(targets),
             "future_target": torch.zeros(self.W, 0, targets.shape[1]),
             "long_features": torch.from_numpy(np.ascontiguousarray(long)),
             "long_mask": torch.from_numpy(valid),
-            "video": torch.tensor(vi),
-            "end": torch.tensor(ws + self.W),
         }

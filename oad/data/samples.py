@@ -1,8 +1,9 @@
 """Training samples per model kind: the functions named by a model's ``samples`` attribute.
 
 Each is ``function(videos, config, *, ignore_index, seed) -> Dataset``, where ``config`` is the model's
-constructor config (``window``, ``num_queries``, ...) with the class's ``future_offset`` added. A batch of
-any of them is a :class:`oad.data.windows.Batch`; a model's ``training_logits`` reads it.
+constructor config (``window``, ``num_queries``, ...) with the class's ``future_offset`` added: every size
+a dataset needs is read from it (defaults as the model's). A batch of any of them is a
+:class:`oad.data.base.Batch`; a model's ``training_logits`` reads it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from oad.data.base import Video
 from oad.data.memory import MemoryWindowDataset
+from oad.data.sequences import SequenceDataset, sequence_lengths
 from oad.data.windows import WindowDataset
 
 
@@ -20,17 +22,26 @@ def last_chunk_windows(videos: list[Video], config: Mapping[str, Any], *, ignore
     """The window ending at every chunk (stride 1), current and ``Q`` future targets of its last chunk;
     windows whose current target is Ambiguous (entry 1) are left out (OadTR, the linear floor)."""
     return WindowDataset(videos, int(config["window"]), int(config.get("num_queries", 0)),
-                         future_offset=int(config.get("future_offset", 1)), dense=False,
-                         ignore_index=ignore_index, drop_ignored=True, seed=seed)
+                         future_offset=int(config.get("future_offset", 1)), ignore_index=ignore_index,
+                         drop_ignored=True, seed=seed)
 
 
 def dense_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
-                  seed: int = 0) -> WindowDataset:
+                  seed: int = 0) -> SequenceDataset:
     """Non-overlapping windows with a random per-video offset redrawn every epoch, every step supervised
-    with its own ``Q`` future targets (TRN)."""
-    return WindowDataset(videos, int(config["window"]), int(config.get("num_queries", 0)),
-                         future_offset=int(config.get("future_offset", 0)), dense=True,
-                         ignore_index=ignore_index, drop_ignored=True, seed=seed)
+    with its own ``Q`` future targets (TRN): sequences of ``window`` chunks with no history. Nothing is
+    left out (Ambiguous chunks are excluded by the criterion)."""
+    return SequenceDataset(videos, int(config["window"]), 0, int(config.get("num_queries", 0)),
+                           future_offset=int(config.get("future_offset", 0)), seed=seed)
+
+
+def dense_sequences(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
+                    seed: int = 0) -> SequenceDataset:
+    """Sequences of ``seq_len`` supervised chunks with ``context`` chunks of history, sizes read from the
+    config (:func:`oad.data.sequences.sequence_lengths`), nothing left out (OadTR-SW)."""
+    seq_len, context = sequence_lengths(config)
+    return SequenceDataset(videos, seq_len, context, int(config.get("num_queries", 0)),
+                           future_offset=int(config.get("future_offset", 1)), seed=seed)
 
 
 def strided_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
@@ -43,9 +54,8 @@ def strided_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_in
     puts ``window - 1`` zero rows in front of each video).
     """
     return WindowDataset(videos, int(config["window"]), int(config.get("num_queries", 0)),
-                         future_offset=int(config.get("future_offset", 1)), dense=False,
-                         ignore_index=ignore_index, drop_ignored=False, seed=seed,
-                         stride=int(config.get("stride", 1)))
+                         future_offset=int(config.get("future_offset", 1)), ignore_index=ignore_index,
+                         drop_ignored=False, seed=seed, stride=int(config.get("stride", 1)))
 
 
 def lstr_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
@@ -62,7 +72,7 @@ def testra_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ign
     return _memory_windows(videos, config, seed, stretch=False)
 
 
-def _memory_windows(videos, config, seed, stretch):
+def _memory_windows(videos: list[Video], config: Mapping[str, Any], seed: int, stretch: bool) -> MemoryWindowDataset:
     return MemoryWindowDataset(videos, work_memory=int(config.get("work_memory", 32)),
                                long_memory=int(config.get("long_memory", 2048)),
                                long_stride=int(config.get("long_stride", 4)), stretch=stretch, seed=seed)

@@ -2,20 +2,21 @@
 
 A sample is ``seq_len`` consecutive supervised chunks preceded by ``context`` chunks of history that are
 read (features) but not supervised. A sliding-window model whose output at chunk ``t`` depends on the
-``R`` chunks before it (its receptive field: ``(num_layers + 1) * (window - 1)`` for
-:class:`oad.models.oadtr_sw.OadTRSW`) then computes, for every supervised chunk, exactly what it computes
+``R`` chunks before it (its receptive field: ``(num_layers + 1) * (window - 1)`` for OadTR-SW's
+sliding-window encoder) then computes, for every supervised chunk, exactly what it computes
 online: with ``context >= R`` no supervised chunk sees a history truncated by the cut of the sequence
 (only by the start of its video, as online). Without the context the first ``R`` positions of every
 sequence (half of a 2L sequence) would be trained on a history that never occurs at test time.
 
-As ``WindowDataset(dense=True)`` (TRN): per video, non-overlapping supervised sequences from a random
-offset redrawn every epoch (``set_epoch``); the first ends at ``offset`` in ``1..seq_len``, the next
-every ``seq_len`` chunks, the last is clipped to the end of the video (it may repeat chunks), so the
-count per video does not depend on the offset and every chunk is supervised once per epoch. Positions
-before the start of the video are zero padded (``mask`` False, targets zero: unsupervised). Nothing is
-left out: Ambiguous chunks are excluded by the criterion (:class:`oad.losses.OadCriterion`).
+With ``context=0`` these are TRN's dense windows (every step supervised, with its own ``Q`` future
+targets). Per video, non-overlapping supervised sequences from a random offset redrawn every epoch
+(``set_epoch``); the first ends at ``offset`` in ``1..seq_len``, the next every ``seq_len`` chunks, the
+last is clipped to the end of the video (it may repeat chunks), so the count per video does not depend
+on the offset and every chunk is supervised once per epoch. Positions before the start of the video are
+zero padded (``mask`` False, targets zero: unsupervised). Nothing is left out: Ambiguous chunks are
+excluded by the criterion (:class:`oad.losses.OadCriterion`).
 
-An item (collated into a :class:`oad.data.windows.Batch`):
+An item (collated into a :class:`oad.data.base.Batch`):
     ``features (context + seq_len, D)``, ``mask (context + seq_len,)``, ``target (seq_len, C)``,
     ``future_target (seq_len, Q, C)`` (chunk ``t + future_offset + j``; zeros past the video's end),
     ``video``, ``end`` (exclusive end of the supervised chunks).
@@ -30,10 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from oad.data.base import Video
-from oad.data.windows import future_targets
+from oad.data.base import EpochIndex, Video, future_targets, padded_features
 
 
 def sequence_lengths(config: Mapping[str, Any]) -> tuple[int, int]:
@@ -50,7 +49,7 @@ def sequence_lengths(config: Mapping[str, Any]) -> tuple[int, int]:
     return seq_len, int(context)
 
 
-class SequenceDataset(Dataset):
+class SequenceDataset(EpochIndex):
     """Supervised sequences of ``seq_len`` chunks with ``context`` chunks of history (module docstring).
 
     Args:
@@ -66,57 +65,32 @@ class SequenceDataset(Dataset):
                  seed: int = 0):
         if seq_len < 1 or context < 0:
             raise ValueError(f"need seq_len >= 1 and context >= 0, got {seq_len}, {context}")
-        self.videos, self.seq_len, self.context = videos, seq_len, context
-        self.num_queries, self.future_offset, self.seed = num_queries, future_offset, seed
-        self.in_dim = videos[0].in_dim if videos else 0
-        self.set_epoch(0)
+        self.seq_len, self.context = seq_len, context
+        self.num_queries, self.future_offset = num_queries, future_offset
+        super().__init__(videos, seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Rebuild the index with new random offsets."""
+    def ends(self, video: Video, rng: np.random.Generator) -> np.ndarray:
+        # The first sequence ends at `offset`, the next ones every S chunks, the last is clipped to the end
+        # of the video. The count does not depend on the offset, so the dataset length is the same every
+        # epoch (samplers, DDP) and every chunk is covered.
+        S, T = self.seq_len, video.num_chunks
+        offset = int(rng.integers(1, S + 1))
+        count = -(-(T - 1) // S) + 1
+        return np.minimum(offset + S * np.arange(count), T)
+
+    def item(self, video: Video, end: int) -> dict[str, torch.Tensor]:
         S = self.seq_len
-        rng = np.random.default_rng((self.seed, epoch))
-        pairs = []
-        for vi, v in enumerate(self.videos):
-            T = v.num_chunks
-            offset = int(rng.integers(1, S + 1))
-            count = -(-(T - 1) // S) + 1
-            ends = np.minimum(offset + S * np.arange(count), T)
-            pairs.append(np.stack([np.full(len(ends), vi), ends], axis=1))
-        self.index = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), np.int64)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        vi, end = (int(x) for x in self.index[i])
-        v = self.videos[vi]
-        S, n_all = self.seq_len, self.seq_len + self.context
-        lo = max(0, end - n_all)  # first real feature row
-        feats = np.zeros((n_all, v.in_dim), dtype=np.float32)
-        feats[n_all - (end - lo):] = v.features(lo, end)
-        mask = np.zeros(n_all, dtype=bool)
-        mask[n_all - (end - lo):] = True
-        C = v.targets.shape[1]
+        feats, mask = padded_features(video, end, S + self.context)
+        C = video.targets.shape[1]
         s0 = max(0, end - S)  # first real supervised chunk
         k = end - s0
         target = np.zeros((S, C), dtype=np.float32)
-        target[S - k:] = v.targets[s0:end]
+        target[S - k:] = video.targets[s0:end]
         fut = np.zeros((S, self.num_queries, C), dtype=np.float32)
-        fut[S - k:] = future_targets(v.targets, np.arange(s0, end), self.num_queries, self.future_offset)
+        fut[S - k:] = future_targets(video.targets, np.arange(s0, end), self.num_queries, self.future_offset)
         return {
             "features": torch.from_numpy(feats),
             "mask": torch.from_numpy(mask),
             "target": torch.from_numpy(target),
             "future_target": torch.from_numpy(fut),
-            "video": torch.tensor(vi),
-            "end": torch.tensor(end),
         }
-
-
-def dense_sequences(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
-                    seed: int = 0) -> SequenceDataset:
-    """The model's samples function (``samples = "oad.data.sequences:dense_sequences"``): sequences of
-    ``seq_len`` supervised chunks with ``context`` chunks of history (:func:`sequence_lengths`)."""
-    seq_len, context = sequence_lengths(config)
-    return SequenceDataset(videos, seq_len, context, int(config.get("num_queries", 0)),
-                           future_offset=int(config.get("future_offset", 1)), seed=seed)

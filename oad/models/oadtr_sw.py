@@ -280,7 +280,7 @@ class SlidingDecoderLayer(nn.Module):
 class OadTRSW(OnlineModel):
     """Sliding-window OadTR with a per-chunk key/value cache online (see the module docstring)."""
 
-    samples = "oad.data.sequences:dense_sequences"  # sequences with their history, every chunk supervised
+    samples = "oad.data.samples:dense_sequences"  # sequences with their history, every chunk supervised
     online_step = "oad.online.oadtr_sw:OadTRSWStep"
     future_offset = 1  # future query j (0-based) predicts chunk t + 1 + j
     tile = 256  # positions per attention tile offline (memory of the banded masks and the decoder rows)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oad.data.windows import Batch
+from oad.data.base import Batch
 from oad.models.base import class_probabilities
 from oad.tasks.scoring import score_videos
 
