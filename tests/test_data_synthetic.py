@@ -227,3 +227,68 @@ def test_temporal_context_pays():
     assert 0.05 < single < 0.35, single
     assert context - single > 0.12, (single, context)
     assert context < 0.9, context  # not saturated
+
+
+# ---------------------------------------------------------------------------------------------------
+# The generator's knobs (robustness datasets) and its LSTR-layout writer
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_knobs_at_their_defaults_are_the_built_in_data():
+    plain = make_synthetic_split("train", 3, length_scale=0.3, seed=2)
+    explicit = make_synthetic_split("train", 3, length_scale=0.3, seed=2, noise=1.0, noise_ar=0.0, drift=1.0,
+                                    dim_scale=0.0, video_offset=0.0, shift=0.0, relu=False)
+    for a, b in zip(plain, explicit):
+        for sa, sb in zip(a.streams, b.streams):
+            assert np.array_equal(sa, sb)
+
+
+def test_knobs_change_what_they_say():
+    base = dict(split="train", num_videos=6, length_scale=0.5, seed=1, evidence=0.0, drift=0.0)  # noise only
+    iid = np.concatenate([v.streams[0] for v in make_synthetic_split(**base)])
+    ar = make_synthetic_split(**base, noise_ar=0.9)
+    lag1 = np.mean([np.mean(v.streams[0][1:] * v.streams[0][:-1]) / np.mean(v.streams[0] ** 2) for v in ar])
+    assert abs(lag1 - 0.9) < 0.05 and abs(np.mean(iid[1:] * iid[:-1])) < 0.05
+    assert abs(np.concatenate([v.streams[0] for v in ar]).std() - 1) < 0.1  # unit variance kept
+    loud = np.concatenate([v.streams[0] for v in make_synthetic_split(**base, noise=2.0)])
+    assert abs(loud.std() - 2) < 0.1
+    # per-dimension scales far from 1, the same in every video; per-video offsets; post-ReLU values
+    scaled = np.concatenate([v.streams[0] for v in make_synthetic_split(**base, dim_scale=1.0)])
+    sd = scaled.std(0)
+    assert sd.max() / sd.min() > 5 and np.allclose(sd, S.dimension_scales(64, 0, 1.0), rtol=0.2)
+    offset = make_synthetic_split(**base, video_offset=2.0)
+    means = np.stack([v.streams[0].mean(0) for v in offset])  # (videos, dim)
+    assert means.std(0).mean() > 1.0
+    relu = make_synthetic_split(**base, relu=True, shift=0.5)
+    assert all((s >= 0).all() for v in relu for s in v.streams)
+    assert np.mean([np.mean(v.streams[0] == 0) for v in relu]) > 0.2
+    # the labels never depend on the feature knobs
+    assert all(np.array_equal(a.targets, b.targets) for a, b in zip(make_synthetic_split(**base), relu))
+    with pytest.raises(ValueError, match="noise_ar"):
+        make_synthetic_split(**base, noise_ar=1.0)
+
+
+def test_features_for_given_labels():
+    labels = [np.array([0] * 20 + [3] * 10 + [0] * 5 + [21] * 2), np.array([0] * 7 + [5] * 30)]
+    videos = make_synthetic_split("test", 0, labels=labels)
+    assert [v.num_chunks for v in videos] == [37, 37]
+    assert np.array_equal(videos[0].targets.argmax(1), labels[0])
+
+
+def test_written_in_the_lstr_layout_and_read_back(tmp_path):
+    from oad.data.prepare import main as prepare
+    from oad.data.readers import LSTRSource
+
+    summary = prepare(["synthetic", f"dst={tmp_path}", "num_videos={train: 3, test: 2}", "length_scale=0.3",
+                       "seed=4", "relu=true", "shift=0.3", "noise_ar=0.5"])
+    assert summary["splits"]["train"]["videos"] == 3
+    info = json.loads((tmp_path / "data_info.json").read_text())["THUMOS"]
+    assert info["generated_by"]["relu"] is True and info["ignore_index"] == 21 and len(info["test_session_set"]) == 2
+    src = LSTRSource(tmp_path, dataset="THUMOS")
+    got = src.load("train")
+    want = make_synthetic_split("train", 3, length_scale=0.3, seed=4, relu=True, shift=0.3, noise_ar=0.5)
+    assert [v.name for v in got] == [v.name for v in want]
+    for g, w in zip(got, want):
+        assert np.array_equal(g.targets, w.targets)
+        for sg, sw in zip(g.streams, w.streams):
+            assert np.array_equal(np.asarray(sg), sw)

@@ -137,6 +137,61 @@ def oadtr_to_lstr(
     return summary
 
 
+def write_synthetic(
+    dst: str | os.PathLike,
+    num_videos: Mapping[str, int],
+    dataset: str = "THUMOS",
+    stream_dirs: Mapping[str, str] | None = None,
+    target_dir: str = "target_perframe",
+    **generator: Any,
+) -> dict[str, Any]:
+    """Write the synthetic generator's videos (:func:`oad.data.synthetic.make_synthetic_split`) in the LSTR
+    layout, so that every tool reads them as a real release (``data=thumos14 data.root=<dst>``).
+
+    Args:
+        dst: output folder (created; existing files are rewritten).
+        num_videos: videos per split, e.g. ``{train: 60, test: 40}`` (``val`` too for a validation split).
+        dataset: the data_info section to write (``THUMOS``: the class names and facts of THUMOS'14).
+        stream_dirs: stream name -> folder (default ``{rgb: rgb_synthetic, flow: flow_synthetic}``; recorded
+            in ``data_info.json`` where ``LSTRSource`` finds it).
+        target_dir: folder of the one-hot targets.
+        **generator: the generator's arguments (``seed``, ``rgb_dim``, ``flow_dim``, ``length_scale``,
+            ``evidence``, ``noise``, ``noise_ar``, ``drift``, ``dim_scale``, ``video_offset``, ``shift``,
+            ``relu``), recorded in ``data_info.json``.
+    Returns:
+        ``{'splits': {split: {'videos', 'chunks'}}, 'data_info': path}``.
+    """
+    from oad.data.synthetic import AMBIGUOUS, FPS, NUM_CLASSES, THUMOS_CLASS_NAMES, make_synthetic_split
+
+    dst = Path(dst)
+    dirs = dict(stream_dirs or {"rgb": "rgb_synthetic", "flow": "flow_synthetic"})
+    if len(dirs) != 2:
+        raise ValueError(f"stream_dirs: the generator writes two streams (rgb, flow), got {dirs}")
+    summary: dict[str, Any] = {"splits": {}}
+    sessions: dict[str, list[str]] = {}
+    for split, n in num_videos.items():
+        videos = make_synthetic_split(split, int(n), **generator)
+        for v in videos:
+            for d, a in zip(dirs.values(), v.streams):
+                save_npy(dst / d / f"{v.name}.npy", np.asarray(a, dtype=np.float32))
+            save_npy(dst / target_dir / f"{v.name}.npy", v.targets)
+        sessions[split] = [v.name for v in videos]
+        summary["splits"][split] = {"videos": len(videos), "chunks": int(sum(v.num_chunks for v in videos))}
+    info = {dataset: {
+        "class_names": list(THUMOS_CLASS_NAMES),
+        "num_classes": NUM_CLASSES,
+        "ignore_index": AMBIGUOUS,
+        "metrics": "AP",
+        "fps": float(FPS),
+        **{f"{split}_session_set": names for split, names in sessions.items()},
+        "streams": dirs,
+        "generated_by": {"generator": "oad.data.synthetic.make_synthetic_split", **generator},
+    }}
+    write_json(dst / "data_info.json", info)  # last: a data_info.json means the folder is complete
+    summary["data_info"] = str(dst / "data_info.json")
+    return summary
+
+
 # -- targets from temporal annotations -------------------------------------------------------------------
 class Segment(NamedTuple):
     video: str
@@ -408,11 +463,13 @@ def pool_maps(
 
 
 # -- command line --------------------------------------------------------------------------------------
-COMMANDS = {"oadtr_to_lstr": oadtr_to_lstr, "targets": build_targets, "pool": pool_maps}
+COMMANDS = {"oadtr_to_lstr": oadtr_to_lstr, "targets": build_targets, "pool": pool_maps, "synthetic": write_synthetic}
 USAGE = """usage: python tools/prepare_data.py <command> key=value ...
   oadtr_to_lstr src=<OadTR folder> dst=<output folder> [dataset=THUMOS] [feature_file=...] [anno_file=...]
                 [stream_dirs='{rgb: rgb_oadtr, flow: flow_oadtr}'] [overwrite=false]
   pool src=<folder of (T, C, H, W) maps> dst=<output folder> [how=mean|max] [block=256] [overwrite=false]
+  synthetic dst=<output folder> num_videos='{train: 60, test: 40}' [seed=0] [length_scale=1.0] [evidence=1.0]
+            [noise=1.0] [noise_ar=0.0] [drift=1.0] [dim_scale=0.0] [video_offset=0.0] [shift=0.0] [relu=false]
   targets annotations=<folder of <Class>_test.txt> out=<root>/target_perframe
           (lengths_from=<root>/<feature folder> | num_chunks=<json> | durations=<json or csv>)
           [dataset=THUMOS] [suffix=_test] [fps=4] [ambiguous=Ambiguous]
@@ -434,5 +491,5 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     return COMMANDS[argv[0]](**kwargs)
 
 
-__all__ = ["oadtr_to_lstr", "pool_maps", "build_targets", "targets_from_segments", "read_segments", "read_durations",
+__all__ = ["oadtr_to_lstr", "write_synthetic", "pool_maps", "build_targets", "targets_from_segments", "read_segments", "read_durations",
            "chunk_counts_from_durations", "chunk_counts_from_features", "chunk_span", "main"]

@@ -30,6 +30,9 @@ class SyntheticSource:
         seed: dataset seed (splits are drawn from it independently).
         length_scale: scales video lengths (shorter videos for quick demos).
         evidence: scales the strength of the class evidence in the features.
+        **knobs: the generator's other knobs (``noise``, ``noise_ar``, ``drift``, ``dim_scale``,
+            ``video_offset``, ``shift``, ``relu``: :func:`oad.data.synthetic.make_synthetic_split`); their
+            defaults are the built-in dataset.
     """
 
     ignore_index = 21
@@ -44,8 +47,18 @@ class SyntheticSource:
         seed: int = 0,
         length_scale: float = 1.0,
         evidence: float = 1.0,
+        **knobs,
     ):
-        from oad.data.synthetic import THUMOS_CLASS_NAMES
+        import inspect
+
+        from oad.data.synthetic import THUMOS_CLASS_NAMES, make_synthetic_split
+
+        allowed = set(inspect.signature(make_synthetic_split).parameters) - {
+            "split", "num_videos", "rgb_dim", "flow_dim", "seed", "length_scale", "evidence", "labels"}
+        unknown = sorted(set(knobs) - allowed)
+        if unknown:
+            raise TypeError(f"synthetic data: unknown options {unknown}; the generator's knobs are {sorted(allowed)}")
+        self.knobs = dict(knobs)
 
         self.num_videos = dict(num_videos)
         self.rgb_dim, self.flow_dim, self.seed = rgb_dim, flow_dim, seed
@@ -65,4 +78,5 @@ class SyntheticSource:
             seed=self.seed,
             length_scale=self.length_scale,
             evidence=self.evidence,
+            **self.knobs,
         )

@@ -277,7 +277,8 @@ def _instance_table(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return starts[keep], ends[keep], cls[keep]
 
 
-def _features(labels: np.ndarray, rng: np.random.Generator, dims: tuple[int, ...], evidence: float):
+def _features(labels: np.ndarray, rng: np.random.Generator, dims: tuple[int, ...], evidence: float,
+              noise: float = 1.0, noise_ar: float = 0.0, drift: float = 1.0):
     """The streams of one video, ``(T, dim)`` float32 each, from its labels (see the module docstring)."""
     T = len(labels)
     starts, ends, cls = _instance_table(labels)
@@ -309,15 +310,58 @@ def _features(labels: np.ndarray, rng: np.random.Generator, dims: tuple[int, ...
         proto = class_prototypes(dim, k)
         amp = {name: np.float32(evidence * v[k]) for name, v in AMPLITUDES.items() if name != "drift"}
         x = rng.standard_normal((T, dim), dtype=np.float32)  # noise
+        if noise_ar:
+            x = _ar1(x, noise_ar)
+        if noise != 1.0:
+            x *= np.float32(noise)
         x += amp["scene"] * (scene @ proto["scene"])  # (dim,) broadcast over T
         x += (amp["action"] * action_gain)[:, None] * proto["action"][action_class]  # (T, dim)
         x += amp["pre"] * (pre @ proto["pre"])  # (T, 22) @ (22, dim) -> (T, dim)
         x += amp["actionness"] * actionness[:, None] * proto["actionness"]
         # Drift: Gaussian knots linearly interpolated (its SD dips between knots; fine for a nuisance).
-        kv = rng.standard_normal((len(knots), dim), dtype=np.float32) * np.float32(AMPLITUDES["drift"][k])
+        kv = rng.standard_normal((len(knots), dim), dtype=np.float32) * np.float32(drift * AMPLITUDES["drift"][k])
         x += (1 - w) * kv[i0] + w * kv[i0 + 1]
         streams.append(x)
     return tuple(streams)
+
+
+def _ar1(e: np.ndarray, rho: float) -> np.ndarray:
+    """Unit-variance AR(1) noise over time from i.i.d. ``e (T, dim)``: ``n_t = rho n_{t-1} + sqrt(1 - rho^2) e_t``,
+    ``n_0 = e_0`` (stationary from the start)."""
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"noise_ar must be in [0, 1), got {rho}")
+    out = np.empty_like(e)
+    out[0] = e[0]
+    b = np.float32(np.sqrt(1.0 - rho * rho))
+    r = np.float32(rho)
+    for t in range(1, len(e)):
+        out[t] = r * out[t - 1] + b * e[t]
+    return out
+
+
+@lru_cache(maxsize=16)
+def dimension_scales(dim: int, stream: int, spread: float) -> np.ndarray:
+    """Fixed per-dimension scales of one stream, lognormal with ``spread`` the SD of their log (read-only)."""
+    v = np.exp(spread * np.random.default_rng([PROTOTYPE_SEED, dim, stream, 1]).standard_normal(dim)).astype(np.float32)
+    v.flags.writeable = False
+    return v
+
+
+def release_like(streams: tuple[np.ndarray, ...], rng: np.random.Generator, *, dim_scale: float, video_offset: float,
+                 shift: float, relu: bool) -> tuple[np.ndarray, ...]:
+    """The statistics real feature releases have and unit-variance noise has not: per-dimension scales
+    (lognormal, ``dim_scale`` the SD of their log: norms far from 1 per dimension), a per-video offset
+    (N(0, ``video_offset``^2) per dimension, the same over the whole video), a constant ``shift`` and,
+    with ``relu``, non-negative post-ReLU values. ``x' = max(0, s * x + o_video + shift)``."""
+    out = []
+    for k, x in enumerate(streams):
+        x = x * dimension_scales(x.shape[1], k, dim_scale) if dim_scale else x
+        if video_offset:
+            x = x + np.float32(video_offset) * rng.standard_normal(x.shape[1], dtype=np.float32)
+        if shift:
+            x = x + np.float32(shift)
+        out.append(np.maximum(x, 0, dtype=np.float32) if relu else x)
+    return tuple(out)
 
 
 def make_synthetic_split(
@@ -329,8 +373,19 @@ def make_synthetic_split(
     seed: int = 0,
     length_scale: float = 1.0,
     evidence: float = 1.0,
+    noise: float = 1.0,
+    noise_ar: float = 0.0,
+    drift: float = 1.0,
+    dim_scale: float = 0.0,
+    video_offset: float = 0.0,
+    shift: float = 0.0,
+    relu: bool = False,
+    labels: list[np.ndarray] | None = None,
 ) -> list[Video]:
     """Draw ``num_videos`` synthetic THUMOS-style videos of one split.
+
+    The defaults are the built-in dataset; the other knobs make datasets that differ from it where
+    recipes can break (``tools/prepare_data.py synthetic`` writes them out in the LSTR layout).
 
     Args:
         split: any name; different names give different videos (e.g. ``train``, ``test``).
@@ -339,17 +394,29 @@ def make_synthetic_split(
         flow_dim: size of the second stream.
         seed: base seed; the same arguments always give the same videos.
         length_scale: < 1 for shorter videos (fewer instances, shorter lead/tail); 1 matches THUMOS'14.
-        evidence: multiplies every signal amplitude (0 gives pure nuisance and noise).
+        evidence: multiplies every signal amplitude (0 gives pure nuisance and noise): how much a chunk tells.
+        noise: SD of the per-chunk noise (1: the amplitudes are per-chunk signal-to-noise ratios).
+        noise_ar: AR(1) coefficient of that noise over time: 0 is i.i.d. (a window averages it out), 0.9
+            is correlated over ~10 chunks (a short window cannot).
+        drift: multiplies the slow per-video drift (correlated over seconds; only a long history removes it).
+        dim_scale, video_offset, shift, relu: the feature statistics of real releases
+            (:func:`release_like`); all off by default.
+        labels: per-chunk class labels (int, 0..21) to synthesise features for, e.g. the real THUMOS'14
+            labels, instead of drawing them (``num_videos`` and ``length_scale`` then ignored).
 
     Returns:
         Videos named ``synthetic_<split>_<index:04d>`` with streams ``(rgb (T, rgb_dim), flow
         (T, flow_dim))`` float32 and one-hot targets ``(T, 22)`` float32.
     """
-    labels = make_synthetic_labels(split, num_videos, seed=seed, length_scale=length_scale)
+    if labels is None:
+        labels = make_synthetic_labels(split, num_videos, seed=seed, length_scale=length_scale)
     eye = np.eye(NUM_CLASSES, dtype=np.float32)
     videos = []
     for i, y in enumerate(labels):
-        streams = _features(y, _video_rng(seed, split, i, 1), (rgb_dim, flow_dim), evidence)
+        streams = _features(y, _video_rng(seed, split, i, 1), (rgb_dim, flow_dim), evidence, noise, noise_ar, drift)
+        if dim_scale or video_offset or shift or relu:
+            streams = release_like(streams, _video_rng(seed, split, i, 3), dim_scale=dim_scale,
+                                   video_offset=video_offset, shift=shift, relu=relu)
         videos.append(
             Video(
                 name=f"synthetic_{split}_{i:04d}",
