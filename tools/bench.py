@@ -19,6 +19,7 @@ from oad.bench import int8, models, streaming
 
 
 def progress(message: str) -> None:
+    """Progress messages go to stderr, so stdout holds the table alone."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -47,16 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8-models", action="store_true",
                    help="--int8: also every model's step at paper size, fp32 vs int8 at batch 1")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result: dict[str, Any]
     if args.int8 or args.int8_ckpt:
-        if args.threads:
-            torch.set_num_threads(args.threads)
         result = int8.run(streams=(1, args.streams or 16), reps=args.reps, onnx=args.int8_onnx, models=args.int8_models,
                           ckpt=str(args.int8_ckpt) if args.int8_ckpt else None, log=progress)
         print(int8.format_table(result))
     elif args.models:
-        if args.threads:
-            torch.set_num_threads(args.threads)
         chosen = models.paper_models()
         if args.only:
             prefixes = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -64,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         result = models.run(reps=args.reps, dtypes=tuple(args.dtypes.split(",")), models=chosen, log=progress)
         print(models.format_table(result))
     else:
-        result = streaming.run_bench(quick=args.quick, streams=args.streams, threads=args.threads,
-                                     video_seconds=args.video_seconds, e2e=not args.no_e2e, log=progress)
+        result = streaming.run_bench(quick=args.quick, streams=args.streams, video_seconds=args.video_seconds,
+                                     e2e=not args.no_e2e, log=progress)
         print(streaming.format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
