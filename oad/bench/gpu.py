@@ -1,4 +1,4 @@
-"""One-command check of a machine with an NVIDIA GPU (about 5 minutes): paper-size OadTR training and
+"""One-command check of a machine with an NVIDIA GPU (a few minutes): paper-size OadTR training and
 online inference there.
 
 1. Lightning training of the paper-size OadTR (74.7M parameters) in ``bf16-mixed`` on synthetic
@@ -12,7 +12,7 @@ online inference there.
    paper size (``oad.bench.models.paper_models``).
 
 Exits with a message (status 2) on a machine without CUDA. Run: ``python tools/gpu_check.py``;
-``--list-models`` prints the models it would run (no GPU needed).
+``--list-models`` prints the models it would run (no GPU needed). Measured figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 from oad.bench import train as bench_train
 from oad.models import registry
+from oad.timing import device_sync, round_robin
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_STEPS = 10  # timed raw training steps per model and precision (after 3 warm-up steps)
@@ -39,20 +40,16 @@ def check_cuda() -> None:
         sys.exit(2)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 class Throughput(L.Callback):
     """Windows per second over the training batches after the first ``skip``."""
 
     def __init__(self, device: str = "cuda", skip: int = 5):
-        self.device, self.skip, self.n, self.t0, self.windows, self.elapsed = device, skip, 0, None, 0, 0.0
+        self.sync = device_sync(device) or (lambda: None)
+        self.skip, self.n, self.t0, self.windows, self.elapsed = skip, 0, None, 0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.n == self.skip:
-            sync(self.device)
+            self.sync()
             self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -62,7 +59,7 @@ class Throughput(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self.t0 is not None:
-            sync(self.device)
+            self.sync()
             self.elapsed += time.perf_counter() - self.t0
             self.t0 = None
 
@@ -103,7 +100,7 @@ def lightning_training(checkpoint_activations: bool, out: Path, overrides: list[
         "checkpoint_activations": checkpoint_activations,
         "windows_per_s": meter.windows / meter.elapsed if meter.elapsed else float("nan"),
         "peak_gpu_GB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-        "test_mAP": result["metrics"]["headline"]["mAP"],
+        "test_mAP": result["metrics"]["headline"][result["metrics"]["metric"]],
         "chunks_scored": result["metrics"]["protocols"]["all"]["num_chunks_scored"],
         "wall_s": total,
     }
@@ -123,15 +120,8 @@ def streaming_latency(device: str = "cuda", repeats: int = 300, warmup: int = 20
         for dtype in (torch.float32, torch.bfloat16):
             x = torch.randn(net.in_dim, device=device)
             det = OnlineDetector(net, dtype=dtype, device=device, **options)
-            times = []
-            for i in range(warmup + repeats):
-                sync(device)
-                t0 = time.perf_counter()
-                det.step(x)
-                sync(device)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            times.sort()
+            times = sorted(round_robin({"step": lambda: det.step(x)}, repeats, warmup=warmup,
+                                       sync=device_sync(device))["step"])
             lines.append(f"{name:<8} {str(dtype).removeprefix('torch.'):<9} {det.implementation} step: median "
                          f"{1e3 * times[len(times) // 2]:.2f} ms, p90 {1e3 * times[int(0.9 * len(times))]:.2f} ms")
         del net, det
@@ -140,15 +130,12 @@ def streaming_latency(device: str = "cuda", repeats: int = 300, warmup: int = 20
     return lines
 
 
-def list_models() -> list[str]:
-    """The models this check runs: every registered model (training), and their paper-size step rows."""
-    return [f"{e.name}: {', '.join(e.paper_variants())}" for e in registry.entries()]
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--list-models" in argv:
-        print("\n".join(list_models()))
+        from oad.bench.models import model_list
+
+        print("\n".join(model_list()))  # every registered model is trained, its step rows are timed
         return
     if argv:
         print(f"gpu_check: unknown arguments {argv} (options: --list-models)", file=sys.stderr)

@@ -17,44 +17,16 @@
    ``|p - p_fp32|``, and the test per-frame mAP (:func:`oad.metrics.perframe_map`, the dataset's ignore
    class, THUMOS' Ambiguous column 21, ignored) of each.
 
-Figures of this project's machine (2-core AMD EPYC, AVX2 without AVX512/VNNI/AMX, no oneDNN bf16; torch
-2.14.1, onnxruntime 1.32, quantized engine x86; one torch thread on a machine shared with other jobs,
-load average 1.9-3.1 during the run), ``tools/bench.py --int8 --int8-ckpt <demo checkpoint> --int8-onnx
---threads 1`` (20 round-robin steps at batch 1, 5 with 16 streams), median (best) ms per step:
-
-=========================  ==================  ==================
-configuration              batch 1             16 streams
-=========================  ==================  ==================
-fp32 fused oneDNN          128.9 (117.7)       1264.5 (1234.7)
-bf16 fused                 530.1 (501.2)       8546.4 (8377.1)
-int8 fused (fbgemm)        56.7 (45.8)         809.7 (742.6)
-int8 plain window step     62.4 (49.9)         827.8 (804.0)
-onnxruntime fp32           101.5 (88.6)        1393.6 (1322.8)
-onnxruntime int8           59.5 (46.9)         977.7 (940.3)
-=========================  ==================  ==================
-
-int8 (fused) is 2.27x faster than fp32 and 9.35x faster than bf16 at batch 1, 1.56x and 10.56x with 16
-streams. bf16 runs but is 4x slower than fp32 here: this CPU has no bf16 instructions and PyTorch reports
-no oneDNN bf16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is False), so the fused engine's bf16
-products run without oneDNN's prepacked weights, on PyTorch's generic bf16 kernels. The backend:
-PyTorch's fused int8 is as fast as onnxruntime's int8 at batch 1 (56.7 vs 59.5 ms) and faster with 16
-streams (810 vs 978 ms), and needs no export (an ONNX export and quantization of the paper-size step takes
-about 90 s), so it is the runner's int8; the ONNX int8 file is offered for deployment
-(``tools/export.py precision=int8``).
-
-Agreement on a demo OadTR trained by ``tools/train.py`` on the built-in data (3 epochs, test/mAP 51.63),
-its 24 test videos (9574 chunks) chunk by chunk: int8 fused agrees with fp32 on the top class of 99.75% of
-the chunks (max ``|p - p_fp32|`` 0.042, mean 0.00023), test mAP 51.66 (fp32 51.63; int8 plain 99.74%,
-51.65; bf16 99.86%, 51.62).
-
-Every model at paper size, batch 1 (``--int8-models``), median ms fp32 -> int8: OadTR fused 123.7 -> 48.9
-(2.53x), OadTR plain 174.6 -> 57.8 (3.02x), TRN 562.4 -> 179.5 (3.13x), MiniROAD 9.1 -> 3.8 (2.41x), LSTR
-99.3 -> 38.0 (2.62x), TeSTra 109.8 -> 44.2 (2.48x), ChunkLinear 0.4 -> 0.4 (overhead-bound).
+On a CPU without bf16 instructions (no oneDNN bf16: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is
+False) bf16 runs but slower than fp32: the fused engine's bf16 products then run without oneDNN's prepacked
+weights, on PyTorch's generic bf16 kernels. PyTorch's fused int8 is the runner's int8: it needs no export
+(an ONNX export and quantization of the paper-size step takes a while) and keeps up with onnxruntime's int8;
+the ONNX int8 file is offered for deployment (``tools/export.py precision=int8``). Measured figures:
+docs/benchmarks.md, section 8.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from oad.bench.common import load_line, machine_info
 from oad.online import OnlineDetector
+from oad.timing import median_ms, round_robin
 
 __all__ = ["CONFIGS", "agreement", "all_models", "format_table", "run"]
 
@@ -73,10 +47,6 @@ CONFIGS: dict[str, tuple[Any, dict[str, Any]]] = {
     "int8": ("int8", {}),
     "int8 plain": ("int8", {"fused": False}),
 }
-
-
-def _median_ms(ts: list[float]) -> float:
-    return 1e3 * statistics.median(ts)
 
 
 def _onnx_sessions(net: torch.nn.Module, workdir: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -111,7 +81,6 @@ def run(streams: tuple[int, ...] = (1, 16), reps: int = 20, reps_streams: int | 
     """
     import tempfile
 
-    from oad.bench.streaming import machine_info
     from oad.models.oadtr import OadTR
 
     t_start = time.perf_counter()
@@ -159,19 +128,12 @@ def run(streams: tuple[int, ...] = (1, 16), reps: int = 20, reps_streams: int | 
                 for name, sess in sessions.items():
                     fns[name] = lambda sess=sess, feed=feed: sess.run(None, feed)
             k = reps if n == 1 else reps_streams
-            times: dict[str, list[float]] = {name: [] for name in fns}
             with torch.inference_mode():
-                for fn in fns.values():
-                    fn()  # warm-up
-                for _ in range(k):
-                    for name, fn in fns.items():
-                        t0 = time.perf_counter()
-                        fn()
-                        times[name].append(time.perf_counter() - t0)
+                times = round_robin(fns, k)
             for name, ts in times.items():
                 det = dets.get(name)
-                rows.append({"config": name, "streams": n, "reps": k, "median_ms": _median_ms(ts),
-                             "min_ms": 1e3 * min(ts), "ms_per_chunk": _median_ms(ts) / n,
+                rows.append({"config": name, "streams": n, "reps": k, "median_ms": median_ms(ts),
+                             "min_ms": 1e3 * min(ts), "ms_per_chunk": median_ms(ts) / n,
                              "step": det.implementation if det is not None else "onnxruntime CPU"})
                 log(f"  {name:<11} N={n:<3} {rows[-1]['median_ms']:9.1f} ms")
     finally:
@@ -276,17 +238,10 @@ def all_models(reps: int = 10, streams: tuple[int, ...] = (1,), history: int = 4
                     break  # not timed: nothing to compare with
             if len(dets) < 2:
                 dets.clear()  # a configuration failed: nothing to compare
-            times: dict[str, list[float]] = {p: [] for p in dets}
             with torch.inference_mode():
-                for d in dets.values():
-                    d.step(x)
-                for _ in range(reps if dets else 0):
-                    for p, d in dets.items():
-                        t0 = time.perf_counter()
-                        d.step(x)
-                        times[p].append(time.perf_counter() - t0)
+                times = round_robin({p: (lambda d=d: d.step(x)) for p, d in dets.items()}, reps)
             for p, ts in times.items():
-                row[f"{p}_ms"] = _median_ms(ts)
+                row[f"{p}_ms"] = median_ms(ts)
             if "fp32_ms" in row and "int8_ms" in row:
                 row["speedup"] = row["fp32_ms"] / row["int8_ms"]
             out.append(row)
@@ -301,14 +256,11 @@ def format_table(r: dict[str, Any]) -> str:
     """The printed report: machine, latency table, speedups, agreement."""
     m = r["machine"]
     mdl = r["model"]
-    def load(v) -> str:
-        return "n/a" if not v else " ".join(f"{x:.2f}" for x in v)
-
     lines = [
         f"oad int8 benchmark  {m['date']}",
         (f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {r['threads']}, CPU capability "
          f"{m['cpu_capability']}, oneDNN bf16 {m['mkldnn_bf16']}, quantized engine {r['quantized_engine']}"),
-        f"load average (1/5/15 min): before {load(m.get('loadavg'))}, after {load(m.get('loadavg_after'))}",
+        load_line(m),
         (f"model: OadTR in_dim {mdl['in_dim']}, window {mdl['window']}, d {mdl['d_model']}, "
          f"{mdl['parameters']:,} parameters, random weights; window full (steady state), round robin"),
         "",

@@ -12,16 +12,26 @@ others, so load changes hit all alike.
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from oad.bench.streaming import count_flops, machine_info
+from oad.bench.common import DTYPES, count_flops, machine_info
 from oad.models import registry
 from oad.online import OnlineDetector
+from oad.timing import median_ms, round_robin
+
+
+def model_list(only: list[str] | None = None) -> list[str]:
+    """One line per registered model: its name and its benchmark rows (``paper_variants``); ``only``:
+    keep the rows whose label starts with one of these prefixes (a model without such a row is left out)."""
+    lines = []
+    for entry in registry.entries():
+        labels = [label for label in entry.paper_variants() if not only or any(label.startswith(x) for x in only)]
+        if labels:
+            lines.append(f"{entry.name}: {', '.join(labels)}")
+    return lines
 
 
 def paper_models() -> dict[str, Callable[[], torch.nn.Module] | tuple[Callable[[], torch.nn.Module], dict]]:
@@ -48,7 +58,6 @@ def run(streams: tuple[int, ...] = (1, 16), dtypes: tuple[str, ...] = ("fp32", "
     Every configuration (model, dtype, streams) is built and primed first, then all are stepped
     round-robin ``reps`` times, so a load change on the machine hits every row alike.
     """
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     rows, configs = [], []
@@ -58,7 +67,7 @@ def run(streams: tuple[int, ...] = (1, 16), dtypes: tuple[str, ...] = ("fp32", "
         for dname in dtypes:
             for n in streams:
                 try:
-                    det = OnlineDetector(net, dtype=dt[dname], **options)
+                    det = OnlineDetector(net, dtype=DTYPES[dname], **options)
                     det.prime(torch.randn(n, history, net.in_dim, generator=gen))
                 except Exception as e:  # noqa: BLE001 - a model without a path for this dtype: a row with its error
                     rows.append({"model": name, "dtype": dname, "streams": n, "error": f"{type(e).__name__}: {e}"})
@@ -70,17 +79,13 @@ def run(streams: tuple[int, ...] = (1, 16), dtypes: tuple[str, ...] = ("fp32", "
                 flops = _flops_per_chunk(det, x, chunks) / n
                 configs.append({"model": name, "dtype": dname, "streams": n, "step": det.implementation,
                                 "gflop_per_chunk": flops / 1e9, "params": sum(p.numel() for p in net.parameters()),
-                                "det": det, "x": x, "times": []})
+                                "det": det, "x": x})
         log(f"  built {name}")
-    for _ in range(reps):
-        for c in configs:
-            t0 = time.perf_counter()
-            c["det"].step(c["x"])
-            c["times"].append(time.perf_counter() - t0)
-    for c in configs:
-        times = c.pop("times")
+    # no warm-up round: counting the FLOPs above already stepped every configuration
+    times = round_robin({i: (lambda c=c: c["det"].step(c["x"])) for i, c in enumerate(configs)}, reps, warmup=0)
+    for i, c in enumerate(configs):
         c.pop("det"), c.pop("x")
-        rows.append({**c, "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)})
+        rows.append({**c, "median_ms": median_ms(times[i]), "min_ms": 1e3 * min(times[i])})
         log(f"  {c['model']:<22} {c['dtype']} x{c['streams']:<3} {rows[-1]['median_ms']:8.2f} ms")
     return {"machine": machine_info(), "threads": torch.get_num_threads(), "reps": reps, "history": history,
             "rows": rows}

@@ -13,9 +13,8 @@ Measured in one run, on one machine state (the figures are compared only within 
    and bf16, against the plain full-window forward of the same model (``model(x)``, ``x (N, 64, in_dim)``),
    all timed round-robin so that load changes hit every configuration alike; the runner without
    prepacked weights (plain ``F.linear``) is timed at batch 1 to show what prepacking gives.
-   GFLOP per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (oneDNN linear
-   products are counted as ``2 * M * K * N``, like ``mm``, and the CPU flash-attention kernel like
-   its two ``bmm``; the counter knows neither).
+   GFLOP per step are counted with :func:`oad.bench.common.count_flops` (``FlopCounterMode``, with
+   oneDNN's prepacked products and the CPU flash-attention kernel added).
 3. **bf16 vs fp32**: the same random stream through both runners, top class compared on every chunk.
 4. **Streams sustained** at 4 chunks per second: the largest batch ``N`` whose step takes at most
    0.25 s, estimated from the 1- and N-stream latencies and then measured at that ``N``.
@@ -24,17 +23,15 @@ Measured in one run, on one machine state (the figures are compared only within 
 
 Random weights throughout (speed does not depend on them). The model is OadTR at the paper's sizes:
 window 64, d 1024, 3 encoder / 5 decoder layers, 8 queries, in_dim 3072 (2048 for the video run,
-ResNet-50 RGB only).
+ResNet-50 RGB only). Measured figures: docs/benchmarks.md, section 3.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import logging
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -44,86 +41,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from oad.bench.common import DTYPES, count_flops, load_line, machine_info
 from oad.models.oadtr import OadTR
 from oad.online import OnlineDetector, can_prepack
+from oad.timing import round_robin
 
-__all__ = ["run_bench", "format_report", "count_flops", "matmul_shapes", "products_only"]
+__all__ = ["run_bench", "format_report", "matmul_shapes", "products_only"]
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 THUMOS_NAMES = ["Background"] + [f"action_{i}" for i in range(1, 21)] + ["Ambiguous"]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Machine, FLOPs, matrix shapes
+# Matrix shapes and the matrix-multiply ceiling
 # ---------------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "mkldnn_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "loadavg": load,
-    }
-
-
-def _linear_flops(x_shape, second, third=None, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN ``_linear_pointwise``: ``x (..., K)`` times a ``(N, K)`` weight, counted like ``mm``.
-
-    Two overloads share the op: ``(x, weight, bias, ...)`` and ``.binary`` ``(x, other, weight, bias, attr)``
-    (a fused residual add, not counted); the weight is the first two-dimensional shape after ``other``.
-    """
-    binary = isinstance(third, (tuple, list)) and len(third) == 2  # the default's third is the 1-d bias
-    w_shape = third if binary else second
-    return 2 * math.prod(x_shape) * w_shape[0]
-
-
-def _cpu_attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """The CPU flash-attention kernel (not in the counter's registry): ``QK^T`` and ``PV``, like ``bmm``."""
-    *batch, lq, dk = q_shape
-    s, dv = k_shape[-2], v_shape[-1]
-    return 2 * math.prod(batch) * lq * s * (dk + dv)
-
-
-def _flop_mapping() -> dict:
-    mapping = {}  # keyed by op packets, as the counter looks them up
-    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        mapping[torch.ops.mkldnn._linear_pointwise] = _linear_flops
-    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_attention_flops
-    return mapping
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (matrix products and attention), prepacked oneDNN products included."""
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def matmul_shapes(model: OadTR, n: int) -> list[tuple[str, int, int, int]]:
@@ -193,19 +126,6 @@ def matmul_rates(shapes: list[tuple[str, int, int, int]], dtype: torch.dtype, re
 # ---------------------------------------------------------------------------------------------------
 
 
-def _round_robin(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """Seconds of each call, the functions called in turn ``reps`` times (after one warm-up call each)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return times
-
-
 def _primed(model: OadTR, dtype: torch.dtype, n: int, gen: torch.Generator,
             prepack: bool | None = None) -> tuple[OnlineDetector, torch.Tensor]:
     """A runner of ``n`` streams with a full window (the steady state) and an input chunk for it."""
@@ -268,7 +188,7 @@ def _streams_sustained(model: OadTR, dtype: torch.dtype, lat1: float, latn: floa
     while k >= 1 and len(tried) < 4:
         det, x = _primed(model, dtype, k, gen)
         with torch.inference_mode():
-            med = statistics.median(_round_robin({"s": lambda: det.step(x)}, reps)["s"])
+            med = statistics.median(round_robin({"s": lambda: det.step(x)}, reps)["s"])
         del det
         tried.append({"streams": k, "median_s": med})
         if med <= period:
@@ -425,7 +345,7 @@ def run_bench(quick: bool = False, streams: int | None = None, threads: int | No
                     return m(xw)
 
             fns[f"full forward/{dname}/{n}"] = full
-        for k, ts in _round_robin(fns, reps).items():
+        for k, ts in round_robin(fns, reps).items():
             latency[k] = {**_stats(ts), "gflop": flops[k] / 1e9}
         del fns
     result["latency"] = latency
@@ -499,7 +419,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"{m['platform']}",
         f"versions: python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, oneDNN {m['mkldnn']} "
         f"(bf16 {m['mkldnn_bf16']}), CPU capability {m['cpu_capability']}",
-        f"load average (1/5/15 min): before {_load(m.get('loadavg'))}, after {_load(m.get('loadavg_after'))}",
+        load_line(m),
         f"model: OadTR window {r['model']['window']}, d {r['model']['d_model']}, in_dim {r['model']['in_dim']}, "
         f"{r['model']['parameters']:,} parameters, random weights",
         "",
@@ -558,71 +478,3 @@ def format_report(r: dict[str, Any]) -> str:
                   f"(the most the whole step could gain from bf16 here)"]
     lines.append(f"total {r['total_s']:.0f} s")
     return "\n".join(lines)
-
-
-def _load(v) -> str:
-    return "n/a" if not v else " ".join(f"{x:.2f}" for x in v)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tools/bench.py``: run the benchmark, print the table (and write JSON with ``--json``)."""
-    import argparse
-    import json
-    import sys
-
-    p = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few repetitions and a 2 s video: a smoke run")
-    p.add_argument("--streams", type=int, default=None, help="N of the multi-stream configuration (default 16, quick 4)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--video-seconds", type=float, default=None, help="generated video length (default 10, quick 2)")
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end video run")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    p.add_argument("--models", action="store_true",
-                   help="only every model's online step side by side (oad.bench.models): GFLOP/chunk and ms")
-    p.add_argument("--reps", type=int, default=20, help="--models, --int8: round-robin steps per configuration "
-                   "(--int8: at batch 1; max(3, reps // 4) with --streams streams)")
-    p.add_argument("--dtypes", default="fp32,bf16", help="--models: comma-separated dtypes (fp32, bf16)")
-    p.add_argument("--only", default=None,
-                   help="--models: comma-separated name prefixes of the models to run (default: all), e.g. OadTR,TeSTra")
-    p.add_argument("--int8", action="store_true",
-                   help="only fp32 / bf16 / int8 OadTR steps side by side at paper size (oad.bench.int8)")
-    p.add_argument("--int8-ckpt", type=Path, default=None,
-                   help="--int8: also int8 vs fp32 agreement and test mAP of this trained checkpoint")
-    p.add_argument("--int8-onnx", action="store_true",
-                   help="--int8: also time the ONNX fp32 / int8 (onnxruntime quantize_dynamic) steps")
-    p.add_argument("--int8-models", action="store_true",
-                   help="--int8: also every model's step at paper size, fp32 vs int8 at batch 1")
-    args = p.parse_args(argv)
-    if args.int8 or args.int8_ckpt:
-        from oad.bench import int8
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        result = int8.run(streams=(1, args.streams or 16), reps=args.reps, onnx=args.int8_onnx, models=args.int8_models,
-                          ckpt=str(args.int8_ckpt) if args.int8_ckpt else None,
-                          log=lambda s: print(s, file=sys.stderr, flush=True))
-        print(int8.format_table(result))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        return 0
-    if args.models:
-        from oad.bench import models
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        chosen = models.paper_models()
-        if args.only:
-            prefixes = [x.strip() for x in args.only.split(",") if x.strip()]
-            chosen = {k: v for k, v in chosen.items() if any(k.startswith(x) for x in prefixes)}
-        result = models.run(reps=args.reps, dtypes=tuple(args.dtypes.split(",")), models=chosen,
-                            log=lambda s: print(s, file=sys.stderr, flush=True))
-        print(models.format_table(result))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        return 0
-    result = run_bench(quick=args.quick, streams=args.streams, threads=args.threads, video_seconds=args.video_seconds,
-                       e2e=not args.no_e2e, log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return 0

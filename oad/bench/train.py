@@ -6,13 +6,13 @@ clipping where the recipe clips, and the recipe's optimizer step (Adam). Models,
 batch sizes come from the real configs (``configs/recipe/<model>_<size>.yaml``); inputs are random
 windows of the right shape (demo: the built-in data's 96-d features; paper: THUMOS' 3072-d two-stream
 TSN features), 22 classes. Every configuration runs in a fresh process, so its peak memory is its own:
-CPU peak RSS (``resource.getrusage``, including the ~0.4 GB of the interpreter and torch) and, on a GPU,
+CPU peak RSS (``resource.getrusage``, including what the interpreter and torch hold) and, on a GPU,
 ``torch.cuda.max_memory_allocated``.
 
 On the CPU, paper sizes run a few steps at a small batch (the ``batch`` column; the recipes use 128 for
 OadTR and 32 for TRN). With CUDA the same table is printed for the GPU at the recipe batch sizes.
 
-Run: ``python tools/bench_train.py``
+Run: ``python tools/bench_train.py``. Measured figures: docs/benchmarks.md, section 4.
 """
 
 from __future__ import annotations
@@ -154,15 +154,12 @@ def machine() -> str:
     import lightning
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from oad.bench.common import cpu_name
+
     lines = [
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine: {platform.node()}, {cpu}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}",
+        f"machine: {platform.node()}, {cpu_name()}, {os.cpu_count()} CPUs visible, "
+        f"torch threads {torch.get_num_threads()}",
         f"python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}",
     ]
     if torch.cuda.is_available():

@@ -64,8 +64,6 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-
-
 def resolve_ignore_index(value: Any, auto: int | None) -> int | None:
     """The ignore class a config value names: ``'auto'``: ``auto`` (the data's or the checkpoint's);
     ``null``/``none``/-100: none; an integer: that class."""
@@ -81,10 +79,16 @@ DEFAULT_WINDOW = 64  # the "windows" protocol's window for models without one (a
 
 def eval_window(net: Any, window: int | None = None) -> int:
     """The window of the "windows" protocol: ``window`` when given (one window for all models, e.g.
-    ``eval.window=64``), else the model's own ``window``, else 64."""
+    ``eval.window=64``), else the model's own ``window`` (``net`` may be None: a predictions file), else 64."""
     if window is not None:
         return int(window)
     return int(getattr(net, "window", None) or DEFAULT_WINDOW)
+
+
+def metric_key(metric: str) -> str:
+    """The headline key of a data metric, as reports, logs (``val/<key>``, ``test/<key>``) and
+    ``metrics.json`` name it: ``'mcAP'`` for calibrated AP (``'cAP'``, TVSeries), else ``'mAP'``."""
+    return "mcAP" if metric == "cAP" else "mAP"
 
 
 def recipe_name(cfg: DictConfig) -> str:

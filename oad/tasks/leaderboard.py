@@ -24,7 +24,6 @@ import gc
 import io
 import logging
 import re
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,27 +166,19 @@ class run_hydra_config:
 def time_online_step(net: Any, streams: int = 1, repeats: int = 30, warmup: int = WARMUP_STEPS,
                      device: str = "cpu", ignore_index: int | None = None, seed: int = 0) -> float:
     """Median milliseconds of one :meth:`OnlineDetector.step` of ``streams`` streams (float32) on random
-    features, after ``warmup`` steps."""
+    features, after ``warmup`` steps (:func:`oad.timing.round_robin`)."""
     import torch
 
     from oad.online.runner import OnlineDetector
+    from oad.timing import device_sync, median_ms, round_robin
 
     dev = torch.device(device)
     det = OnlineDetector(net.to(dev), dtype=torch.float32, device=dev, ignore_index=ignore_index)
     gen = torch.Generator().manual_seed(seed)
-    xs = torch.randn(warmup + repeats, int(streams), det.in_dim, generator=gen).to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    xs = iter(torch.randn(warmup + repeats, int(streams), det.in_dim, generator=gen).to(dev))  # a new chunk per step
     det.reset()
-    for i in range(warmup):
-        det.step(xs[i])
-    sync()
-    times = []
-    for i in range(warmup, warmup + repeats):
-        t0 = time.perf_counter()
-        det.step(xs[i])
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    times = round_robin({"step": lambda: det.step(next(xs))}, repeats, warmup=warmup, sync=device_sync(dev))
+    return median_ms(times["step"])
 
 
 # -- one row -----------------------------------------------------------------------------------------------

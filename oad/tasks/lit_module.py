@@ -20,6 +20,7 @@ from torch import nn
 
 from oad.data.base import Batch
 from oad.models.base import class_probabilities
+from oad.tasks.common import eval_window, metric_key
 from oad.tasks.scoring import score_videos
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class OadLitModule(L.LightningModule):
         postprocess: optional post-processing of the test scores (``'switch'``, ``'smooth'``), off by
             default and named in every report.
         eval_window: window of the "windows" protocol (None: the model's window, else 64).
+
+    After ``trainer.test``: ``test_results`` holds the report of each of ``eval_protocols`` (the test's
+    metrics, computed once here for ``train`` and ``evaluate``) and ``test_predictions`` the scored videos.
     """
 
     def __init__(
@@ -141,7 +145,7 @@ class OadLitModule(L.LightningModule):
             protocols,
             metric=self.metric,
             ignore_index=self.ignore_index,
-            window=self.hparams.eval_window or getattr(self.net, "window", None) or 64,
+            window=eval_window(self.net, self.hparams.eval_window),
             num_queries=getattr(self.net, "num_queries", 8),
             future_scores={k: v["future_scores"] for k, v in outputs.items()},
             future_offset=getattr(self.net, "future_offset", 1),
@@ -149,23 +153,20 @@ class OadLitModule(L.LightningModule):
             postprocess=tuple(self.hparams.postprocess),
         )
 
-    def _metric_key(self) -> str:
-        return "mcAP" if self.metric == "cAP" else "mAP"
-
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         outputs = self.gather_outputs()
         if not outputs:
             return
-        key = self._metric_key()
+        key = metric_key(self.metric)
         res = self._evaluate(outputs)["all"]
         # the same value on every process (gathered outputs): nothing to reduce
         self.log(f"val/{key}", float(res[key]), sync_dist=False, prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
         outputs = self.gather_outputs()
-        key = self._metric_key()
+        key = metric_key(self.metric)
         results = self._evaluate(outputs, tuple(self.hparams.eval_protocols))
         self.test_results = results
         self.test_predictions = outputs

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from oad.distributed import AtomicCheckpointIO
 from oad.io import write_json, write_predictions
 from oad.models.base import count_parameters
-from oad.tasks.common import build_datamodule, build_net_config, data_info, eval_window, recipe_name, resolve_ckpt_path
+from oad.tasks.common import build_datamodule, build_net_config, data_info, eval_window, metric_key, recipe_name, resolve_ckpt_path
 from oad.tasks.lit_module import OadLitModule
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     recipe = recipe_name(cfg)
     log.info("model %s, recipe %s: %s parameters, in_dim %d", type(net).__name__, recipe, f"{n_params:,}", dm.in_dim)
 
-    key = "mcAP" if dm.metric == "cAP" else "mAP"
+    key = metric_key(dm.metric)
     saving = checkpoint_callbacks(output_dir / "checkpoints", cfg.get("checkpoint"), key, bool(dm.splits["val"]))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=[*saving, *(callbacks or [])], logger=CSVLogger(output_dir, name="logs"),
