@@ -4,7 +4,6 @@ measured by the benchmarks themselves and recorded in docs/benchmarks.md."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -72,37 +71,3 @@ def test_model_step_table_structure():
     for row in rows.values():
         assert row["gflop_per_chunk"] > 0 and row["median_ms"] > 0
     assert "| testra | fp32 | 3 |" in models.format_table(r)
-
-
-def oad_imports(path) -> set[str]:
-    """The ``oad`` modules a file imports anywhere in it (module level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("oad")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("oad") and not node.level:
-            found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
-    return found
-
-
-def test_bench_modules_import_no_circle_and_the_library_no_bench():
-    bench = {p.stem: p for p in (REPO / "oad" / "bench").glob("*.py") if p.stem != "__init__"}
-    graph = {m: {i.split(".")[2] for i in oad_imports(p) if i.startswith("oad.bench.") and i.split(".")[2] in bench}
-             for m, p in bench.items()}
-    done, path = set(), []
-
-    def visit(m):  # depth first: a module met again on the current path closes a circle
-        assert m not in path, f"import circle: {' -> '.join([*path[path.index(m):], m])}"
-        if m not in done:
-            path.append(m)
-            for n in sorted(graph[m]):
-                visit(n)
-            path.pop()
-            done.add(m)
-
-    for m in sorted(graph):
-        visit(m)
-    library = [p for p in (REPO / "oad").rglob("*.py") if "bench" not in p.relative_to(REPO / "oad").parts]
-    assert library, "no library module found"
-    for p in library:
-        assert not {i for i in oad_imports(p) if i.startswith("oad.bench")}, f"{p.relative_to(REPO)} imports oad.bench"
