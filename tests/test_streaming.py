@@ -9,7 +9,6 @@ import csv
 import json
 from pathlib import Path
 import os
-import re
 import subprocess
 import sys
 from fractions import Fraction
