@@ -136,7 +136,7 @@ def test_default_config_composes_with_every_model(tmp_path):
     cfg = compose_cfg("leaderboard", [], tmp_path)
     names = [m.name for m in cfg.models]
     assert names == ["oadtr", "trn", "linear", "miniroad", "lstr", "testra", "oadtr_sw"]
-    assert cfg.size is None and cfg.eval_window == 64 and list(cfg.step_streams) == [1]
+    assert cfg.size == "demo" and cfg.eval_window == 64 and list(cfg.step_streams) == [1]  # follows the data
     assert cfg.step_repeats == 30 and cfg.seed == 20 and cfg.trainer._target_.endswith("Trainer")
     missing = [m.model for m in cfg.models if not (REPO / "configs" / "model" / f"{m.model}.yaml").is_file()]
     assert not missing, f"configs/model/ lacks {missing}"
