@@ -1,4 +1,4 @@
-"""What a long multi-process training run needs beyond Lightning's defaults.
+"""Whole-video evaluation in a multi-process (DDP) run, beyond Lightning's defaults.
 
 - :class:`VideoShardSampler`: whole-video evaluation under DDP. Every video goes to exactly one process
   (no padding, so no video is scored twice and none is lost), the shards are balanced by chunk count,
@@ -7,25 +7,18 @@
   videos, as the reference OadTR's evaluation does; this sampler is a ``DistributedSampler`` subclass so
   that Lightning (``use_distributed_sampler=True``, the default) keeps it, while the training windows
   still get Lightning's own sampler.
-- :class:`AtomicCheckpointIO`: checkpoints written to a temporary file beside the target, flushed to
-  disk, then renamed over it. A process killed while writing leaves the previous ``last.ckpt`` intact
-  (Lightning's ``TorchCheckpointIO`` truncates the file and writes in place).
+
+Checkpoints that survive a killed process (atomic writes, ``last.ckpt`` at every save point):
+:mod:`oad.callbacks`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
-import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
-
-from oad.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -99,37 +92,4 @@ class VideoBatches(Dataset):
         return [self.videos[i] for i in idx]
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local writes are atomic: temp file, fsync, ``os.replace``, fsync dir.
-
-    Remote paths (``s3://...``) are written by the parent class.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
-                        storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        if "://" in str(path):  # remote storage (s3://, gs://): no rename there
-            return super().save_checkpoint(checkpoint, path)
-        path = Path(path)
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
-        _fsync_dir(path.parent)
-        # temp files of processes killed while writing this checkpoint
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-__all__ = ["AtomicCheckpointIO", "VideoBatches", "VideoShardSampler", "shard_by_length"]
+__all__ = ["VideoBatches", "VideoShardSampler", "shard_by_length"]

@@ -139,7 +139,7 @@ def test_default_config_composes_with_every_model(tmp_path):
     # every registered model (one per configs/model/*.yaml), none typed into the leaderboard's config
     assert names == registry.names() and len(names) == len(list((REPO / "configs" / "model").glob("*.yaml")))
     assert {"oadtr", "trn", "linear", "miniroad", "lstr", "testra", "oadtr_sw"} <= set(names)
-    assert cfg.size is None and cfg.eval_window == 64 and list(cfg.step_streams) == [1]
+    assert cfg.size == "demo" and cfg.eval_window == 64 and list(cfg.step_streams) == [1]  # follows the data
     assert cfg.step_repeats == 30 and cfg.seed == 20 and cfg.trainer._target_.endswith("Trainer")
     missing = [m.model for m in cfg.models if not (REPO / "configs" / "model" / f"{m.model}.yaml").is_file()]
     assert not missing, f"configs/model/ lacks {missing}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from oad.distributed import AtomicCheckpointIO
+from oad.callbacks import AtomicCheckpointIO
 from oad.tasks import evaluate, train
 from tests.conftest import REPO, TINY, compose_cfg
 
@@ -61,7 +61,7 @@ def test_killed_run_resumes_and_finishes_the_planned_epochs(tmp_path):
 
 _KILLED_MID_WRITE = """
 import os, signal, sys, torch
-from oad.distributed import AtomicCheckpointIO
+from oad.callbacks import AtomicCheckpointIO
 
 def dying_save(obj, f, *args, **kwargs):  # half a checkpoint reaches the disk, then the process is killed
     f.write(b"PK\\x03\\x04" + b"x" * 4096)

@@ -1,27 +1,9 @@
-"""Extract per-chunk features of a folder of videos. Configuration: configs/extract.yaml (Hydra).
+"""Extract per-chunk features of a folder of videos (configs/extract.yaml).
 
-    .venv/bin/python tools/extract_features.py videos=<folder> output=<dir>
-    .venv/bin/python tools/extract_features.py videos=<folder> output=<dir> flow=true device=cuda
-The last printed line is the summary; the exit code is 1 if any video failed (the others are done).
+Usage and options: ``oad.cli.extract`` (the same command as the console script ``oad-extract``).
 """
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="extract")
-def main(cfg: DictConfig) -> None:
-    from oad.video.extract import extract
-
-    summary = extract(cfg)
-    for name, error in summary.failed.items():
-        print(f"FAILED {name}: {error}")
-    print(summary.line())
-    if not summary.ok:
-        sys.exit(1)
-
+from oad.cli import extract
 
 if __name__ == "__main__":
-    main()
+    extract()

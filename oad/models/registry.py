@@ -21,15 +21,18 @@ the repository's ``configs/`` (the same tree the Hydra entry points compose).
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
-from torch import nn
 
-from oad.models.base import resolve
+if TYPE_CHECKING:
+    from torch import nn
+
+# (torch and the model modules are imported on first use: listing the models, as the entry points do
+# before composing their configs, reads only the YAML files)
 
 #: ``configs/model/`` of the repository this package belongs to.
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -55,7 +58,7 @@ class ModelEntry:
     @property
     def cls(self) -> type[nn.Module]:
         module, _, attr = self.target.rpartition(".")
-        return resolve(f"{module}:{attr}")
+        return getattr(importlib.import_module(module), attr)
 
     def paper_variants(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
         """Benchmark rows at paper size: ``{label: (constructor overrides, online step options)}``."""
@@ -109,6 +112,9 @@ def tiny_model(name: str, in_dim: int = 24, num_classes: int = 22, seed: int = 0
     chunk to chunk. 1-d parameters are drawn too unless the class keeps its norms (``tiny_init_norms``
     False).
     """
+    import torch
+    from torch import nn
+
     cls = get(name).cls
     tiny = getattr(cls, "tiny", None)
     if tiny is None:

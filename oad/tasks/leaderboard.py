@@ -31,13 +31,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from oad.config import default_size
+from oad.config import CONFIG_DIR
 from oad.io import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "configs"
 WARMUP_STEPS = 5
 FORWARDED_GROUPS = ("data", "trainer")  # the leaderboard's choices (and their keys) every run gets
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -77,9 +75,9 @@ def data_name(cfg: DictConfig) -> str:
 
 
 def run_size(cfg: DictConfig) -> str:
-    """``cfg.size``, or the size that follows the data (:func:`oad.config.default_size`)."""
-    name = data_name(cfg)
-    return str(cfg.get("size") or default_size([] if name == "unknown" else [f"data={name}"]))
+    """The model size of every run: the leaderboard's ``size`` (``configs/size/``: it follows the data
+    unless ``size=`` is given)."""
+    return str(cfg.size)
 
 
 def run_overrides(cfg: DictConfig, entry: dict) -> tuple[list[str], bool]:
@@ -98,7 +96,7 @@ def run_overrides(cfg: DictConfig, entry: dict) -> tuple[list[str], bool]:
     own = [str(o) for o in (entry.get("overrides") or [])]
     overrides = [f"model={entry['model']}", *shared]
     own_keys = {_override_key(o) for o in own}
-    if "size" not in own_keys and "experiment" not in own_keys:  # as oad.config.with_default_size
+    if "size" not in own_keys and "experiment" not in own_keys:
         overrides.append(f"size={run_size(cfg)}")
     window = cfg.get("eval_window")
     overrides += [f"eval.window={'null' if window is None else int(window)}", f"seed={int(cfg.seed)}", *own]
