@@ -76,7 +76,8 @@ def _read(path: Path) -> ModelEntry:
     target = cfg.pop("_target_", None)
     if not isinstance(target, str):
         raise ValueError(f"model config {path}: no '_target_' naming the model class")
-    return ModelEntry(path.stem, target, cfg)
+    # Hydra's own keys (the defaults list choosing the criterion, _convert_, ...) are not constructor arguments
+    return ModelEntry(path.stem, target, {k: v for k, v in cfg.items() if k != "defaults" and not k.startswith("_")})
 
 
 @functools.lru_cache(maxsize=None)
