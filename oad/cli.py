@@ -153,18 +153,24 @@ def leaderboard(cfg: DictConfig) -> None:
         oad-leaderboard trainer=gpu data=thumos14 data.root=<dir> data.layout=lstr   # paper size
         oad-leaderboard 'models=[{name: linear, model: linear, overrides: []}, {name: trn, model: trn, overrides: []}]'
 
+        oad-leaderboard suite=robustness seeds=[20,21]       # every model on the robustness datasets, 2 seeds
+
     Writes leaderboard.json, leaderboard.md and leaderboard.png in the run directory (and each model's run
-    in runs/<name>/). The last printed line is ``winner: <name> mAP=<value> (all protocol)``.
+    in runs/<name>/). The last printed line is ``winner: <name> mAP=<value> (all protocol)`` (several
+    datasets: the best mean rank), or ``below the floor (linear): ...`` when a temporal model scored at or
+    below the floor on a dataset (an error exit with ``fail_below_floor=true``).
     """
     from oad.console import single_console_logging
-    from oad.tasks.leaderboard import format_table, winner_line
+    from oad.tasks.leaderboard import format_report, last_line
     from oad.tasks.leaderboard import leaderboard as run
 
     single_console_logging()
-    result = run(cfg)
-    print(format_table(result).rsplit("\n\n", 1)[0])
+    report = run(cfg)
+    print(format_report(report, with_floor_line=False))
     print(f"leaderboard: {cfg.output_dir}/leaderboard.md")
-    print(winner_line(result))
+    print(last_line(report))
+    if report.get("below_floor") and cfg.get("fail_below_floor"):
+        sys.exit(1)
 
 
 def prepare(argv: Sequence[str] | None = None) -> int:

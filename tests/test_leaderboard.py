@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from oad.models import registry
-from oad.tasks.leaderboard import format_table, leaderboard, run_overrides, winner_line
+from oad.tasks.leaderboard import format_report, format_table, last_line, leaderboard, run_overrides, winner_line
 from tests.conftest import REPO, TINY, compose_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,14 +107,17 @@ def test_winner_is_the_best_row(board):
 def test_markdown_table(board):
     out, result = board
     md = (out / "leaderboard.md").read_text()
-    assert md.strip() == format_table(result).strip()
+    assert md.strip() == format_report(result).strip()
+    assert md.strip().startswith(format_table(result).strip())
     table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
     names = [line.split("|")[2].strip() for line in table]
     assert set(names) == {"linear", "oadtr", "broken", "nosuch"}
     ok = sorted((r for r in result["rows"] if "error" not in r), key=lambda r: -r["mAP"])
     assert names[:2] == [r["model"] for r in ok]  # sorted by the headline, failed rows last
     assert all("failed:" in line for line in table[2:])
-    assert md.strip().splitlines()[-1] == winner_line(result)
+    # the last line: the winner, or the floor line when a temporal model is at or below the linear floor
+    assert md.strip().splitlines()[-1] == last_line(result)
+    assert (last_line(result) == winner_line(result)) == (not result["below_floor"])
 
 
 def test_run_overrides_forward_data_and_trainer(tmp_path):
@@ -179,3 +182,65 @@ def test_without_hydra_runtime_the_data_node_is_used(tmp_path):
                     weights_only=False)
     assert hp["hyper_parameters"]["data_info"]["data_config"]["source"]["num_videos"]["test"] == 3
     assert hp["epoch"] == 0  # trainer.max_epochs=1 of the leaderboard, not the recipe's 3
+
+
+def test_several_datasets_seeds_and_the_floor(tmp_path):
+    """datasets=[...] and seeds=[...]: one table per dataset, the mean of the seeds in each row, the
+    summary of ranks and floor margins; a model at or below the floor is flagged (table, last line)."""
+    from oad.tasks.leaderboard import format_report, last_line
+
+    datasets = ("datasets=[{name: a, overrides: ['data.source.seed=5']}, "
+                "{name: b, overrides: ['data.source.seed=6', 'data.source.relu=true', 'data.source.shift=0.5']}]")
+    cfg = compose_cfg("leaderboard", [entries(("linear", "linear", []), ("trn", "trn", ["model.hidden_dim=8"])),
+                                      datasets, "seeds=[3,4]", *TINY_LEADERBOARD], tmp_path)
+    report = leaderboard(cfg)
+    assert [d["data"] for d in report["datasets"]] == ["a", "b"]
+    for res in report["datasets"]:
+        rows = {r["model"]: r for r in res["rows"]}
+        assert set(rows) == {"linear", "trn"} and all("error" not in r for r in rows.values()), rows
+        for name, r in rows.items():
+            per_seed = [json.loads((tmp_path / "runs" / res["data"] / name / f"seed{s}" / "metrics.json").read_text())
+                        ["protocols"]["all"]["mAP"] for s in (3, 4)]
+            assert list(r["per_seed"].values()) == pytest.approx(per_seed)
+            assert r["mAP"] == pytest.approx(sum(per_seed) / 2)
+        margin = rows["trn"]["mAP"] - rows["linear"]["mAP"]
+        assert rows["trn"]["margin"] == pytest.approx(margin) and "margin" not in rows["linear"]
+        assert ({"model": "trn", "data": res["data"], "margin": pytest.approx(margin)} in res["below_floor"]) == (margin <= 0)
+    # the datasets differ: the runs saw other features
+    a, b = (json.loads((tmp_path / "runs" / d / "linear" / "seed3" / "metrics.json").read_text()) for d in "ab")
+    assert a["protocols"]["all"]["mAP"] != b["protocols"]["all"]["mAP"]
+    summary = {m["model"]: m for m in report["summary"]["models"]}
+    assert set(summary["trn"]["ranks"]) == {"a", "b"} and summary["trn"]["mean_rank"] in (1.0, 1.5, 2.0)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.strip() == format_report(report).strip()
+    assert md.count("Leaderboard: data ") == 2 and "Summary over 2 datasets" in md and "mean of seeds 3, 4" in md
+    below = report["below_floor"]
+    assert (last_line(report).startswith("below the floor (linear): trn on ")) == bool(below)
+    if below:
+        assert "**below the floor**" in md
+    # a forced flag: the floor itself as the only other model's reference, margins recomputed
+    from oad.tasks.leaderboard import floor_line, floor_margins
+
+    res = json.loads(json.dumps(report["datasets"][0]))
+    next(r for r in res["rows"] if r["model"] == "trn")["mAP"] = -1.0
+    floor_margins(res)
+    assert [b["model"] for b in res["below_floor"]] == ["trn"]
+    assert floor_line(res["below_floor"], "linear").startswith("below the floor (linear): trn on a by ")
+
+
+def test_robustness_datasets_compose_and_differ_from_the_built_in_data(tmp_path):
+    from oad.tasks.leaderboard import _datasets, run_overrides
+
+    cfg = compose_cfg("leaderboard", ["suite=robustness", "seeds=[20,21]"], tmp_path)
+    datasets = _datasets(cfg)
+    assert len(datasets) >= 3 and list(cfg.seeds) == [20, 21] and cfg.floor == "linear"
+    built_in = compose_cfg("train", [], tmp_path).data.source
+    for d in datasets:
+        overrides, _ = run_overrides(cfg, {"name": "oadtr", "model": "oadtr"}, d, 21)
+        assert overrides[-1] == "seed=21" or "seed=21" in overrides
+        train = compose_cfg("train", overrides, tmp_path)
+        src = train.data.source
+        changed = {k for k in ("length_scale", "evidence", "noise", "noise_ar", "drift", "dim_scale", "video_offset",
+                               "shift", "relu", "seed") if src[k] != built_in[k]}
+        assert "seed" in changed and len(changed) >= 3, (d["name"], changed)
+        assert src.num_videos.val > 0  # recipes are chosen on a validation split

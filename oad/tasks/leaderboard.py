@@ -13,9 +13,22 @@ is timed on random features.
 A run that fails (any ``Exception``: a config that does not compose, a model that does not train)
 becomes a row ``{'model': name, 'error': 'Type: message'}``; the others still run.
 
+Seeds (``seeds: [20, 21]``): every entry is trained once per seed and its row holds the mean (and each
+seed's figure). Datasets (``datasets: [{name, overrides}, ...]``, e.g. ``suite=robustness``): the
+whole leaderboard once per dataset, the dataset's overrides (``data.*``, or ``data=<option>`` and its
+keys) applied to every run after the leaderboard's own data choice and ``data.*`` overrides (a dataset's
+``data=<option>`` replaces the leaderboard's choice); one table per dataset and a summary of each
+model's rank and margin over the floor on each.
+
+The floor (``floor: linear``, an entry name): every other model is a temporal model, which sees the
+current chunk too and should never score below a linear map of it; a row at or below the floor's figure
+is flagged in its table, in the summary and in the last printed line (``fail_below_floor: true`` makes
+that an error exit).
+
 Files in the leaderboard's run directory (rewritten after every model, so a long run shows progress):
-``leaderboard.json``, ``leaderboard.md`` (rows sorted by the headline metric, failed rows last) and
-``leaderboard.png`` (metric vs training time, metric vs online step latency).
+``leaderboard.json``, ``leaderboard.md`` (rows sorted by the headline metric, failed rows last; one table
+per dataset, then the summary) and ``leaderboard.png`` (metric vs training time, metric vs online step
+latency; ``leaderboard_<dataset>.png`` per dataset).
 """
 
 from __future__ import annotations
@@ -80,26 +93,32 @@ def run_size(cfg: DictConfig) -> str:
     return str(cfg.size)
 
 
-def run_overrides(cfg: DictConfig, entry: dict) -> tuple[list[str], bool]:
-    """The Hydra overrides of one entry's training run, and whether the leaderboard's ``data`` and
-    ``trainer`` nodes must be put into the composed config instead (no Hydra runtime to read the
-    leaderboard's command line from)."""
+def run_overrides(cfg: DictConfig, entry: dict, dataset: dict | None = None, seed: int | None = None
+                  ) -> tuple[list[str], bool]:
+    """The Hydra overrides of one entry's training run (on ``dataset``, with ``seed``), and whether the
+    leaderboard's ``data`` and ``trainer`` nodes must be put into the composed config instead (no Hydra
+    runtime to read the leaderboard's command line from)."""
     runtime = _leaderboard_runtime()
     shared: list[str] = []
     replace_data = runtime is None
+    data_overrides = [str(o) for o in ((dataset or {}).get("overrides") or [])]
+    own_data_choice = any(_override_key(o) == "data" for o in data_overrides)
     if runtime is not None:
         choices, task = runtime
         for group in FORWARDED_GROUPS:
-            if choices.get(group):
+            if choices.get(group) and not (group == "data" and own_data_choice):
                 shared.append(f"{group}={choices[group]}")
         shared += [o for o in task if _forwarded(_override_key(o)) and _override_key(o) not in FORWARDED_GROUPS]
+    shared += data_overrides
+    replace_data = replace_data and not data_overrides
     own = [str(o) for o in (entry.get("overrides") or [])]
     overrides = [f"model={entry['model']}", *shared]
     own_keys = {_override_key(o) for o in own}
     if "size" not in own_keys and "experiment" not in own_keys:
         overrides.append(f"size={run_size(cfg)}")
     window = cfg.get("eval_window")
-    overrides += [f"eval.window={'null' if window is None else int(window)}", f"seed={int(cfg.seed)}", *own]
+    overrides += [f"eval.window={'null' if window is None else int(window)}",
+                  f"seed={int(cfg.seed if seed is None else seed)}", *own]
     return overrides, replace_data
 
 
@@ -115,10 +134,11 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         return compose(config_name, overrides=overrides, return_hydra_config=True)
 
 
-def compose_train(cfg: DictConfig, entry: dict, output_dir: Path) -> DictConfig:
-    """The training config of one entry, with its ``hydra`` node (Hydra's runtime of the run: its recipe
-    choice), outputs in ``output_dir``."""
-    overrides, replace_data = run_overrides(cfg, entry)
+def compose_train(cfg: DictConfig, entry: dict, output_dir: Path, dataset: dict | None = None,
+                  seed: int | None = None) -> DictConfig:
+    """The training config of one entry (on ``dataset``, with ``seed``), with its ``hydra`` node (Hydra's
+    runtime of the run: its recipe choice), outputs in ``output_dir``."""
+    overrides, replace_data = run_overrides(cfg, entry, dataset, seed)
     log.info("%s: train %s", entry["name"], " ".join(overrides))
     full = _compose("train", overrides)
     with open_dict(full):
@@ -186,14 +206,15 @@ def _protocol_value(report: Any, key: str) -> float | None:
     return float(report[key])
 
 
-def run_entry(cfg: DictConfig, entry: dict, run_dir: Path) -> dict[str, Any]:
-    """Train, evaluate and time one entry; its row (exceptions propagate)."""
+def run_entry(cfg: DictConfig, entry: dict, run_dir: Path, dataset: dict | None = None,
+              seed: int | None = None) -> dict[str, Any]:
+    """Train, evaluate and time one entry (on ``dataset``, with ``seed``); its row (exceptions propagate)."""
     import torch
 
     from oad.checkpoint import load_network
     from oad.tasks.training import train
 
-    full = compose_train(cfg, entry, run_dir)
+    full = compose_train(cfg, entry, run_dir, dataset, seed)
     recipe = str(full.recipe_name)
     with run_hydra_config(full) as train_cfg:
         t0 = time.perf_counter()
@@ -269,34 +290,78 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def ran_size(result: dict) -> str:
+    """The size the rows ran, read from their recipes (``<model>_<size>``): one size, or ``mixed``."""
+    sizes = {str(r["recipe"]).rpartition("_")[2] for r in result["rows"] if _ok(r) and r.get("recipe")}
+    return sizes.pop() if len(sizes) == 1 else ("mixed (see the recipe column)" if sizes else str(result.get("size")))
+
+
 def format_table(result: dict) -> str:
-    """The leaderboard as a markdown table, sorted by the headline metric; failed rows last."""
+    """One dataset's leaderboard as a markdown table, sorted by the headline metric; failed rows last.
+    With a floor, a column of each row's margin over it (flagged when not above)."""
     key = _key(result)
     window = result.get("window")
+    seeds = result.get("seeds") or [result.get("seed")]
+    floor = result.get("floor")
     head = ["rank", "model", f"{key} (all)", f"{key} (windows, L={window})", "params", "train s", "step ms",
             "recipe"]
-    title = (f"Leaderboard: data {result.get('data')}, size {result.get('size')}, headline {key} on the "
-             f"\"{result.get('protocol', 'all')}\" protocol; online step: float32, batch "
-             f"{result.get('step_streams', [1])[0]}, {result.get('step_device', 'cpu')}.")
-    lines = [
-        title,
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---:" if i in (0, 2, 3, 4, 5, 6) else "---" for i in range(len(head))) + "|",
-    ]
+    if len(seeds) > 1:
+        head.insert(3, "per seed")
+    if floor:
+        head.insert(3, f"vs {floor}")
+    title = (f"Leaderboard: data {result.get('data')}, size {ran_size(result)}, headline {key} on the "
+             f"\"{result.get('protocol', 'all')}\" protocol"
+             + (f" (mean of seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else f", seed {seeds[0]}")
+             + f"; online step: float32, batch {result.get('step_streams', [1])[0]}, "
+             f"{result.get('step_device', 'cpu')}.")
+    numeric = {"rank", f"{key} (all)", f"{key} (windows, L={window})", "params", "train s", "step ms", f"vs {floor}"}
+    lines = [title, "", "| " + " | ".join(head) + " |",
+             "|" + "|".join("---:" if h in numeric else "---" for h in head) + "|"]
     rank = 0
     for r in sorted_rows(result):
         if _ok(r):
             rank += 1
-            cells = [str(rank), r["model"], _fmt(r[key], ".4f"), _fmt(r.get(f"{key}_windows"), ".4f"),
-                     f"{r['params']:,}", _fmt(r.get("train_s"), ".1f"), _fmt(r.get("step_ms"), ".3f"),
-                     str(r.get("recipe", "-"))]
+            cells = {"rank": str(rank), "model": r["model"], f"{key} (all)": _fmt(r[key], ".4f"),
+                     f"{key} (windows, L={window})": _fmt(r.get(f"{key}_windows"), ".4f"),
+                     "params": f"{r['params']:,}", "train s": _fmt(r.get("train_s"), ".1f"),
+                     "step ms": _fmt(r.get("step_ms"), ".3f"), "recipe": str(r.get("recipe", "-")),
+                     "per seed": " / ".join(_fmt(v, ".4f") for v in (r.get("per_seed") or {}).values()),
+                     f"vs {floor}": _margin_cell(r, floor)}
         else:
             err = str(r["error"]).replace("|", "\\|").replace("\n", " ")
-            cells = ["-", r["model"], f"failed: {err}", "-", "-", "-", "-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+            cells = {h: "-" for h in head} | {"model": r["model"], f"{key} (all)": f"failed: {err}"}
+        lines.append("| " + " | ".join(cells[h] for h in head) + " |")
     lines += ["", winner_line(result)]
     return "\n".join(lines)
+
+
+def _margin_cell(row: dict, floor: str | None) -> str:
+    if row.get("margin") is None:
+        return "floor" if row["model"] == floor else "-"
+    return f"{row['margin']:+.4f}" + ("" if row["margin"] > 0 else " **below the floor**")
+
+
+def floor_margins(result: dict) -> None:
+    """Each successful row's margin over the floor row (``result['floor']``), in place; the rows at or
+    below it listed in ``result['below_floor']``."""
+    floor, key = result.get("floor"), _key(result)
+    base = next((r for r in result["rows"] if r["model"] == floor and _ok(r)), None)
+    result["below_floor"] = []
+    for r in result["rows"]:
+        r.pop("margin", None)
+        if base is None or not _ok(r) or r is base:
+            continue
+        r["margin"] = float(r[key]) - float(base[key])
+        if r["margin"] <= 0:
+            result["below_floor"].append({"model": r["model"], "data": result.get("data"), "margin": r["margin"]})
+
+
+def floor_line(below: list[dict], floor: str | None) -> str | None:
+    """``below the floor (linear): oadtr on synthetic by 0.0123, ...`` or None when no model is."""
+    if not below:
+        return None
+    return f"below the floor ({floor}): " + ", ".join(
+        f"{b['model']} on {b['data']} by {-b['margin']:.4f}" for b in below)
 
 
 def winner_line(result: dict) -> str:
@@ -337,7 +402,7 @@ def plot_leaderboard(result: dict, path: str | Path) -> Path:
         ax.margins(x=0.15, y=0.1)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(f"{key} (all protocol)")
-    fig.suptitle(f"leaderboard: data {result.get('data')}, size {result.get('size')}")
+    fig.suptitle(f"leaderboard: data {result.get('data')}, size {ran_size(result)}")
     failed = [r["model"] for r in result["rows"] if not _ok(r)]
     if failed:
         fig.text(0.01, 0.01, "failed: " + ", ".join(failed), fontsize=8, color="tab:red")
@@ -348,13 +413,115 @@ def plot_leaderboard(result: dict, path: str | Path) -> Path:
     return path
 
 
-def write_files(result: dict, out: Path) -> None:
-    write_json(out / "leaderboard.json", result)
-    atomic_write_bytes(out / "leaderboard.md", (format_table(result) + "\n").encode())
-    try:
-        plot_leaderboard(result, out / "leaderboard.png")
-    except Exception:  # a figure must not lose the table
-        log.exception("leaderboard.png could not be drawn")
+def format_report(report: dict, with_floor_line: bool = True) -> str:
+    """The whole leaderboard as markdown: one table per dataset, then (several datasets) the summary; the
+    floor line last when a model is at or below the floor (``with_floor_line``)."""
+    parts = [format_table(r) for r in report["datasets"]] if "datasets" in report else [format_table(report)]
+    if "summary" in report:
+        parts.append(format_summary(report))
+    line = floor_line(report.get("below_floor") or [], report.get("floor")) if with_floor_line else None
+    return "\n\n".join(parts) + (f"\n{line}" if line else "")
+
+
+def summarize(report: dict) -> dict[str, Any]:
+    """Per model: its rank and margin over the floor on each dataset, its mean rank (failed rows rank last)."""
+    models: dict[str, dict[str, Any]] = {}
+    for res in report["datasets"]:
+        ranked = [r for r in sorted_rows(res) if _ok(r)]
+        for r in res["rows"]:
+            m = models.setdefault(r["model"], {"model": r["model"], "ranks": {}, "margins": {}, "values": {}})
+            if _ok(r):
+                m["ranks"][res["data"]] = ranked.index(r) + 1
+                m["values"][res["data"]] = float(r[r["metric"]])
+                m["margins"][res["data"]] = r.get("margin")
+            else:
+                m["ranks"][res["data"]] = None
+    n = len(report["datasets"])
+    for m in models.values():
+        ranks = [v if v is not None else len(models) + 1 for v in m["ranks"].values()]
+        m["mean_rank"] = sum(ranks) / len(ranks) if len(ranks) == n else None
+    order = sorted(models.values(), key=lambda m: (m["mean_rank"] is None, m["mean_rank"] or 0, m["model"]))
+    return {"models": order, "winner": order[0]["model"] if order and order[0]["mean_rank"] is not None else None}
+
+
+def format_summary(report: dict) -> str:
+    names = [r["data"] for r in report["datasets"]]
+    floor = report.get("floor")
+    head = ["model", "mean rank", *[f"{d}: rank, vs {floor}" if floor else f"{d}: rank" for d in names]]
+    lines = [f"Summary over {len(names)} datasets: each model's rank (1 = best) and its margin over the floor "
+             f"({floor}) on each.", "", "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(names)]
+    for m in report["summary"]["models"]:
+        cells = [m["model"], _fmt(m["mean_rank"], ".2f")]
+        for d in names:
+            rank, margin = m["ranks"].get(d), m["margins"].get(d)
+            if rank is None:
+                cells.append("failed")
+            else:
+                cells.append(f"{rank}" + ("" if margin is None else
+                                          f", {margin:+.4f}" + ("" if margin > 0 else " **below**")))
+        lines.append("| " + " | ".join(cells) + " |")
+    winner = report["summary"]["winner"]
+    lines += ["", f"winner: {winner} (best mean rank over {len(names)} datasets)" if winner else "winner: none"]
+    return "\n".join(lines)
+
+
+def write_files(report: dict, out: Path) -> None:
+    write_json(out / "leaderboard.json", report)
+    atomic_write_bytes(out / "leaderboard.md", (format_report(report) + "\n").encode())
+    results = report["datasets"] if "datasets" in report else [report]
+    for res in results:
+        name = "leaderboard.png" if res is report else f"leaderboard_{res['data']}.png"
+        try:
+            plot_leaderboard(res, out / name)
+        except Exception:  # a figure must not lose the table
+            log.exception("%s could not be drawn", name)
+
+
+def last_line(report: dict) -> str:
+    """The last printed line: the floor line when a model is at or below the floor, else the winner."""
+    line = floor_line(report.get("below_floor") or [], report.get("floor"))
+    if line:
+        return line
+    if "summary" in report:
+        w = report["summary"]["winner"]
+        return f"winner: {w} (best mean rank over {len(report['datasets'])} datasets)" if w else "winner: none"
+    return winner_line(report)
+
+
+def _datasets(cfg: DictConfig) -> list[dict] | None:
+    """``cfg.datasets`` as ``[{name, overrides}]``, or None for the leaderboard's own data alone."""
+    raw = cfg.get("datasets")
+    if not raw:
+        return None
+    out = []
+    for i, d in enumerate(raw):
+        d = OmegaConf.to_container(d, resolve=True) if isinstance(d, DictConfig) else dict(d)
+        if not d.get("name") or not _NAME.match(str(d["name"])):
+            raise ValueError(f"datasets[{i}]: a plain 'name' (letters, digits, . _ -) is required, got {d.get('name')!r}")
+        out.append({"name": str(d["name"]), "overrides": [str(o) for o in d.get("overrides") or []],
+                     "about": d.get("about")})
+    names = [d["name"] for d in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be unique (they name the run folders): {names}")
+    return out
+
+
+def _mean_row(rows: list[dict], seeds: list[int]) -> dict[str, Any]:
+    """One entry's row over its seeds: the mean of the figures, each seed's headline, the first seed's
+    step timing; an error row when any seed failed."""
+    failed = [r for r in rows if not _ok(r)]
+    if failed and len(rows) == 1:
+        return failed[0]
+    if failed:
+        return {**failed[0], "error": "; ".join(f"seed {s}: {r['error']}" for s, r in zip(seeds, rows) if not _ok(r))}
+    first, key = rows[0], rows[0]["metric"]
+    row = dict(first)
+    for k in (key, f"{key}_windows", "train_s"):
+        vals = [r.get(k) for r in rows]
+        row[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    row["per_seed"] = {str(s): r[key] for s, r in zip(seeds, rows)}
+    row["run_dir"] = str(Path(first["run_dir"]).parent) if len(rows) > 1 else first["run_dir"]
+    return row
 
 
 def _entries(cfg: DictConfig) -> list[dict]:
@@ -378,39 +545,63 @@ def _entries(cfg: DictConfig) -> list[dict]:
 
 
 def leaderboard(cfg: DictConfig) -> dict[str, Any]:
-    """Train, evaluate and time every entry of ``cfg.models``; write and return the leaderboard."""
+    """Train, evaluate and time every entry of ``cfg.models`` (per seed, per dataset); write and return the
+    leaderboard: one dataset's result (``rows``, ``winner``, ...), or ``{'datasets': [...], 'summary'}``."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = _entries(cfg)
+    datasets = _datasets(cfg)
+    seeds = [int(s) for s in (cfg.get("seeds") or [cfg.seed])]
+    floor = cfg.get("floor")
+    if floor and floor not in {e["name"] for e in entries}:
+        log.warning("floor %r is not one of the models: no floor margins", floor)
+        floor = None
     window = cfg.get("eval_window")
-    result: dict[str, Any] = {
-        "task": "leaderboard",
-        "data": data_name(cfg),
-        "size": run_size(cfg),
-        "protocol": "all",
-        "window": None if window is None else int(window),
-        "seed": int(cfg.seed),
-        "step_streams": [int(n) for n in (cfg.get("step_streams") or [1])],
-        "step_repeats": int(cfg.get("step_repeats") or 30),
-        "step_device": str(cfg.get("step_device") or "cpu"),
-        "rows": [],
-        "winner": None,
-    }
-    for i, entry in enumerate(entries):
-        run_dir = out / "runs" / entry["name"]
-        log.info("leaderboard %d/%d: %s (model=%s) -> %s", i + 1, len(entries), entry["name"], entry["model"],
-                 run_dir)
-        try:
-            row = run_entry(cfg, entry, run_dir)
-            log.info("%s: %s=%.4f, %.1f s, step %.3f ms", entry["name"], row["metric"], row[row["metric"]],
-                     row["train_s"], row["step_ms"])
-        except Exception as e:  # one model's failure is its row, the others still run
-            log.exception("%s (model=%s) failed", entry["name"], entry["model"])
-            row = {"model": entry["name"], "model_option": entry["model"],
-                   "error": f"{type(e).__name__}: {e}".strip(), "run_dir": str(run_dir)}
-        result["rows"].append(row)
-        result["winner"] = _winner(result["rows"])
-        result["metric"] = _key(result)
-        write_files(result, out)
-        gc.collect()
-    return result
+
+    def new_result(data: str) -> dict[str, Any]:
+        return {"task": "leaderboard", "data": data, "size": run_size(cfg), "protocol": "all",
+                "window": None if window is None else int(window), "seed": seeds[0], "seeds": seeds,
+                "floor": floor, "step_streams": [int(n) for n in (cfg.get("step_streams") or [1])],
+                "step_repeats": int(cfg.get("step_repeats") or 30), "step_device": str(cfg.get("step_device") or "cpu"),
+                "rows": [], "winner": None, "below_floor": []}
+
+    if datasets is None:
+        report = new_result(data_name(cfg))
+        results = [(None, report, out / "runs")]
+    else:
+        report = {"task": "leaderboard", "floor": floor, "seeds": seeds, "datasets": [], "below_floor": []}
+        results = []
+        for d in datasets:
+            res = new_result(d["name"]) | {"dataset_overrides": d["overrides"], "about": d["about"]}
+            report["datasets"].append(res)
+            results.append((d, res, out / "runs" / d["name"]))
+
+    total = len(results) * len(entries) * len(seeds)
+    done = 0
+    for dataset, result, runs in results:
+        for entry in entries:
+            rows = []
+            for seed in seeds:
+                done += 1
+                run_dir = runs / entry["name"] if len(seeds) == 1 else runs / entry["name"] / f"seed{seed}"
+                log.info("leaderboard %d/%d: %s (model=%s)%s seed %d -> %s", done, total, entry["name"],
+                         entry["model"], f" on {dataset['name']}" if dataset else "", seed, run_dir)
+                try:
+                    row = run_entry(cfg, entry, run_dir, dataset, seed)
+                    log.info("%s: %s=%.4f, %.1f s, step %.3f ms", entry["name"], row["metric"], row[row["metric"]],
+                             row["train_s"], row["step_ms"])
+                except Exception as e:  # one model's failure is its row, the others still run
+                    log.exception("%s (model=%s) failed", entry["name"], entry["model"])
+                    row = {"model": entry["name"], "model_option": entry["model"],
+                           "error": f"{type(e).__name__}: {e}".strip(), "run_dir": str(run_dir)}
+                rows.append(row)
+                gc.collect()
+            result["rows"].append(_mean_row(rows, seeds))
+            result["winner"] = _winner(result["rows"])
+            result["metric"] = _key(result)
+            floor_margins(result)
+            if datasets is not None:
+                report["below_floor"] = [b for r in report["datasets"] for b in r["below_floor"]]
+                report["summary"] = summarize(report)
+            write_files(report, out)
+    return report
