@@ -77,10 +77,6 @@ def stream_all(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.stack([o.scores for o in outs], dim), torch.stack([o.future_scores for o in outs], dim)
 
 
-CASES = [("oadtr", {}), ("oadtr", {"fused": False}), ("trn", {}), ("linear", {}), ("miniroad", {}), ("lstr", {}),
-         ("testra", {}), ("oadtr_sw", {})]
-
-
 def test_every_int8_step_declares_its_bounds():
     assert {"oadtr", "trn", "linear", "miniroad", "lstr", "testra", "oadtr_sw"} <= set(INT8)
     for name in INT8:
