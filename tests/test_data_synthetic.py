@@ -13,7 +13,7 @@ from oad.data import synthetic as S
 from oad.bench.probe import causal_mean, linear_probe_map
 from oad.data.synthetic import THUMOS_CLASS_NAMES, make_synthetic_labels, make_synthetic_split
 
-from tests.conftest import fixture_file
+from tests.conftest import REPO, fixture_file
 
 AMB = 21
 
@@ -292,3 +292,25 @@ def test_written_in_the_lstr_layout_and_read_back(tmp_path):
         assert np.array_equal(g.targets, w.targets)
         for sg, sw in zip(g.streams, w.streams):
             assert np.array_equal(np.asarray(sg), sw)
+
+
+def test_features_on_the_real_thumos_labels(tmp_path):
+    from oad.data.readers import DataError
+    from oad.data.sources import SyntheticSource
+
+    src = SyntheticSource({"train": 5, "test": 3}, seed=3, real_labels="datasets/thumos14/thumos14_val_labels.npz")
+    train, test = src.load("train"), src.load("test")
+    with np.load(REPO / "datasets" / "thumos14" / "thumos14_val_labels.npz") as z:
+        real = {k: z[k] for k in z.files}
+    names = [v.name for v in train + test]
+    assert len(set(names)) == 8 and all(n in real for n in names)  # disjoint splits of real videos
+    for v in train + test:
+        assert np.array_equal(v.targets.argmax(1), real[v.name])
+    assert names != sorted(names)  # shuffled with the seed (the file is ordered by class)
+    again = SyntheticSource({"train": 5, "test": 3}, seed=3, real_labels="datasets/thumos14/thumos14_val_labels.npz")
+    assert [v.name for v in again.load("train")] == names[:5]
+    with pytest.raises(DataError, match="200 videos, the splits ask for 201"):
+        SyntheticSource({"train": 201}, real_labels="datasets/thumos14/thumos14_val_labels.npz")
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(DataError, match="bad.npz: cannot be read"):
+        SyntheticSource({"train": 1}, real_labels=str(tmp_path / "bad.npz"))

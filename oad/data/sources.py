@@ -7,6 +7,7 @@ synthetic data is ``SyntheticSource``. Hydra's ``data.source`` config instantiat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from oad.data.base import Video
@@ -21,6 +22,38 @@ class Source(Protocol):
     def load(self, split: str) -> list[Video]: ...
 
 
+def _real_label_splits(path: str, num_videos: dict[str, int], seed: int) -> dict[str, tuple[list[str], list]]:
+    """``{split: (names, labels)}``: the videos of a label file shuffled with ``seed`` and dealt to the
+    splits in order (a clear error naming the file when it is missing, malformed or too small)."""
+    import numpy as np
+
+    from oad.config import REPO
+    from oad.data.readers import DataError
+
+    file = Path(path)
+    if not file.is_absolute() and not file.exists():
+        file = REPO / file
+    try:
+        with np.load(file) as z:
+            videos = {k: np.asarray(z[k]) for k in sorted(z.files)}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot be read as an .npz of per-chunk labels ({e})") from e
+    bad = [k for k, v in videos.items() if v.ndim != 1 or v.size == 0 or v.min() < 0 or v.max() > 21]
+    if bad:
+        raise DataError(f"{file}: expected one 1-d array of class labels 0..21 per video; {bad[:3]} are not")
+    need = sum(num_videos.values())
+    if need > len(videos):
+        raise DataError(f"{file}: {len(videos)} videos, the splits ask for {need} ({num_videos})")
+    names = list(videos)
+    order = np.random.default_rng([seed, 7]).permutation(len(names))
+    out, at = {}, 0
+    for split, n in num_videos.items():
+        chosen = [names[i] for i in order[at:at + n]]
+        out[split] = (chosen, [videos[k].astype(np.int64) for k in chosen])
+        at += n
+    return out
+
+
 class SyntheticSource:
     """The built-in THUMOS-style synthetic dataset (see ``oad.data.synthetic``), nothing to download.
 
@@ -30,6 +63,11 @@ class SyntheticSource:
         seed: dataset seed (splits are drawn from it independently).
         length_scale: scales video lengths (shorter videos for quick demos).
         evidence: scales the strength of the class evidence in the features.
+        real_labels: an ``.npz`` of per-chunk class labels, one array per video (e.g. the real THUMOS'14
+            validation labels shipped in ``datasets/thumos14/thumos14_val_labels.npz``; a relative path is
+            read from the working directory, else from the repository): features are synthesised on
+            these labels instead of drawn ones. The videos are shuffled with ``seed`` and dealt to the
+            splits in the order of ``num_videos`` (disjoint); ``length_scale`` is then ignored.
         **knobs: the generator's other knobs (``noise``, ``noise_ar``, ``drift``, ``dim_scale``,
             ``video_offset``, ``shift``, ``relu``: :func:`oad.data.synthetic.make_synthetic_split`); their
             defaults are the built-in dataset.
@@ -47,6 +85,7 @@ class SyntheticSource:
         seed: int = 0,
         length_scale: float = 1.0,
         evidence: float = 1.0,
+        real_labels: str | None = None,
         **knobs,
     ):
         import inspect
@@ -64,12 +103,20 @@ class SyntheticSource:
         self.rgb_dim, self.flow_dim, self.seed = rgb_dim, flow_dim, seed
         self.length_scale, self.evidence = length_scale, evidence
         self.class_names = list(THUMOS_CLASS_NAMES)
+        self.real_labels = _real_label_splits(real_labels, self.num_videos, seed) if real_labels else None
 
     def load(self, split: str) -> list[Video]:
         from oad.data.synthetic import make_synthetic_split
 
         if split not in self.num_videos:
             raise KeyError(f"synthetic data has no split {split!r}; splits: {sorted(self.num_videos)}")
+        if self.real_labels is not None:
+            names, labels = self.real_labels[split]
+            videos = make_synthetic_split(split, len(labels), rgb_dim=self.rgb_dim, flow_dim=self.flow_dim,
+                                          seed=self.seed, evidence=self.evidence, labels=labels, **self.knobs)
+            for v, name in zip(videos, names):
+                v.name = name
+            return videos
         return make_synthetic_split(
             split,
             self.num_videos[split],
