@@ -241,6 +241,6 @@ def test_robustness_datasets_compose_and_differ_from_the_built_in_data(tmp_path)
         train = compose_cfg("train", overrides, tmp_path)
         src = train.data.source
         changed = {k for k in ("length_scale", "evidence", "noise", "noise_ar", "drift", "dim_scale", "video_offset",
-                               "shift", "relu", "seed") if src[k] != built_in[k]}
+                               "shift", "relu", "seed", "rgb_dim", "flow_dim", "real_labels") if src[k] != built_in[k]}
         assert "seed" in changed and len(changed) >= 3, (d["name"], changed)
         assert src.num_videos.val > 0  # recipes are chosen on a validation split
