@@ -48,14 +48,18 @@ EXIT_SOME_FAILED = 1  # extract: some videos failed, the others are done; leader
 log = logging.getLogger(__name__)
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return OmegaConfBaseException, HydraException
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user's input causes: a bad file or value (``ValueError``, incl. ``DataError``, ``VideoError``,
     ``ConfigError``), a missing or unwritable file (``OSError``), a config that does not compose or
     instantiate, a package that is not installed."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return ValueError, OSError, ImportError, OmegaConfBaseException, HydraException
+    return ValueError, OSError, ImportError, *_config_errors()
 
 
 def _debug() -> bool:
@@ -84,6 +88,9 @@ def report_error(e: BaseException, internal: bool = False) -> int:
     if _debug():
         traceback.print_exception(e, file=sys.stderr)
     lines = _problem(e).strip().splitlines() or [type(e).__name__]
+    if isinstance(e, _config_errors()):  # Hydra's and OmegaConf's put the key on a line of its own
+        rest = [line.strip() for line in lines[1:] if line.strip()]
+        lines = [" ".join([lines[0], "; ".join(rest)]) if rest else lines[0]]
     for line in lines[1:]:  # a many-problem error: its details first, the error line last
         print(line, file=sys.stderr)
     head = lines[0].rstrip(":") + (" (above)" if len(lines) > 1 else "")
@@ -95,13 +102,23 @@ def report_error(e: BaseException, internal: bool = False) -> int:
     return EXIT_USER_ERROR
 
 
+def _unwrapped(e: BaseException) -> BaseException:
+    """A user error raised inside Hydra's ``instantiate`` (e.g. a ``DataError`` of a data constructor) is
+    reported as itself, not as Hydra's wrapper."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(e, InstantiationException) and isinstance(e.__cause__, _user_errors()):
+        e = e.__cause__
+    return e
+
+
 def run_reported(job: Callable[[], int | None]) -> int:
     """Run ``job``; its exit code (0 for None), or after the error line 2 for a user error and 1 for any
     other ``Exception``."""
     try:
         return job() or 0
     except _user_errors() as e:
-        return report_error(e)
+        return report_error(_unwrapped(e))
     except Exception as e:  # noqa: BLE001 - reported in the one error style, exit code 1
         return report_error(e, internal=True)
 
@@ -289,8 +306,9 @@ def leaderboard(cfg: DictConfig) -> int | None:
     print(winner_line(result))
     if result.get("winner") is None and result["rows"]:
         first = result["rows"][0]
+        problem = " ".join(str(first.get("error")).split())
         print(f"error: every run failed (the table in {cfg.output_dir}/leaderboard.md); the first, "
-              f"{first['model']}: {first.get('error')}", file=sys.stderr)
+              f"{first['model']}: {problem}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return None
 
