@@ -82,7 +82,7 @@ def _log_traceback_to_files(e: BaseException) -> None:
             handler.handle(record)
 
 
-def report_error(e: BaseException, internal: bool = False) -> int:
+def _report_error(e: BaseException, internal: bool = False) -> int:
     """Print ``e`` as the tools do (see the module docstring); returns the exit code."""
     _log_traceback_to_files(e)
     if _debug():
@@ -118,9 +118,9 @@ def run_reported(job: Callable[[], int | None]) -> int:
     try:
         return job() or 0
     except _user_errors() as e:
-        return report_error(_unwrapped(e))
+        return _report_error(_unwrapped(e))
     except Exception as e:  # noqa: BLE001 - reported in the one error style, exit code 1
-        return report_error(e, internal=True)
+        return _report_error(e, internal=True)
 
 
 class RunFolderCheck(Callback):
@@ -146,7 +146,7 @@ class RunFolderCheck(Callback):
             sys.exit(EXIT_USER_ERROR)
 
 
-def _hydra_tool(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+def _hydra_tool(config_name: str) -> Callable[[Callable[[DictConfig], int | None]], Callable[[], None]]:
     """``hydra.main`` on ``configs/<config_name>.yaml``; the job is named by the config's ``task_name``
     (configs/hydra/default.yaml), so its log file is ``<run dir>/<task_name>.log``. The configs derived
     from the model registry are registered first (:func:`oad.config.register_configs`). The job checks the

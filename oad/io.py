@@ -282,9 +282,9 @@ def _seal(folder: Path, staged: Path, run_id: str, about: dict[str, Any]) -> lis
 
 
 def _remove_old(folder: Path, sets: Path, run_id: str) -> None:
-    """After the swap: links to names the new set lacks, the old set, the sets of runs that died."""
-    for p in folder.iterdir():
-        if _ours(p) and not p.exists():
+    """After the swap: links to names the new set lacks, the old set, what runs that died left."""
+    for p in folder.iterdir():  # and temporary links of a writer killed while making them
+        if _ours(p) and (not p.exists() or p.name.endswith(TMP_SUFFIX)):
             p.unlink()
     for p in sets.iterdir():
         if p.name in (CURRENT, run_id, ".lock"):

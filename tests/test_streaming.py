@@ -492,8 +492,13 @@ def test_outputs_are_one_set_naming_their_run_input_and_checkpoint(tmp_path):
     np.save(tmp_path / "f.npy", np.random.default_rng(1).normal(size=(WINDOW + 3, IN_DIM)).astype(np.float32))
     args = [f"features={tmp_path / 'f.npy'}", f"ckpt_path={tmp_path / 'tiny.ckpt'}", "progress=false"]
     out = tmp_path / "out"
+    out.mkdir()
+    for name in ("scores.csv", "report.html", "notes.txt"):  # plain files of an earlier version, and the user's
+        (out / name).write_text("old")
     first = stream(compose_cfg("stream", args, out))
     run_id = first["meta"]["run_id"]
+    assert (out / "scores.csv").is_symlink() and not (out / "report.html").exists()  # not part of this set
+    assert (out / "notes.txt").read_text() == "old"
     manifest = read_output_set(out)
     assert manifest["run_id"] == run_id and manifest["input"] == {"features": str(tmp_path / "f.npy")}
     assert manifest["checkpoint"] == str(tmp_path / "tiny.ckpt") and manifest["model"] == "OadTR"
@@ -511,6 +516,20 @@ def test_outputs_are_one_set_naming_their_run_input_and_checkpoint(tmp_path):
     assert second["timeline"] is None and not (out / "timeline.png").exists()
     assert read_output_set(out)["run_id"] == second["meta"]["run_id"] != run_id
     assert [p.name for p in (out / SETS_DIR).iterdir() if p.is_dir() and not p.is_symlink()] == [second["meta"]["run_id"]]
+
+
+def test_output_set_leaves_a_file_that_is_already_there(tmp_path):
+    """A file of the set that the folder holds already as itself (a video hard-linked beside a report, streamed
+    from the output folder) stays a plain file there and is not part of the set."""
+    from oad.io import output_set, read_output_set
+
+    (tmp_path / "clip.mp4").write_bytes(b"video")
+    with output_set(tmp_path, "run1", {"input": "clip.mp4"}) as staged:
+        os.link(tmp_path / "clip.mp4", staged / "clip.mp4")
+        (staged / "a.txt").write_text("a")
+    assert not (tmp_path / "clip.mp4").is_symlink() and (tmp_path / "clip.mp4").read_bytes() == b"video"
+    assert (tmp_path / "a.txt").is_symlink() and (tmp_path / "a.txt").read_text() == "a"
+    assert list(read_output_set(tmp_path)["files"]) == ["a.txt"]
 
 
 def test_strict_json_writer_refuses_nan(tmp_path):
@@ -599,7 +618,7 @@ def test_a_nonfinite_backbone_chunk_is_skipped_and_reported(tmp_path, monkeypatc
     and the events keep the video's chunk numbers. A video with no finite chunk is an error, the
     previous outputs untouched."""
     from oad.io import read_output_set
-    from oad.tasks.streaming import stream
+    from oad.tasks.streaming import stream, summary_lines
     from oad.video import FeatureExtractor
 
     video = write_video(tmp_path / "clip.mp4", 83)  # 14 chunks at 4/s
@@ -627,6 +646,7 @@ def test_a_nonfinite_backbone_chunk_is_skipped_and_reported(tmp_path, monkeypatc
     assert js["chunk"] == [i for i in range(14) if i not in broken] and res["num_chunks"] == 12
     meta = js["meta"]
     assert meta["num_skipped_chunks"] == 2 and [s["chunk"] for s in meta["skipped_chunks"]] == [3, 8]
+    assert "WARNING: 2 chunks skipped for NaN/Inf features (meta.skipped_chunks)" in summary_lines(res)
     assert meta["skipped_chunks"][0] == {"chunk": 3, "start_s": 0.75, "end_s": 1.0,
                                          "reason": "2 of 512 feature values are NaN/Inf"}
     assert strict_json((out / "events.json").read_text())["meta"]["skipped_chunks"] == meta["skipped_chunks"]

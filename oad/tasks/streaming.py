@@ -51,9 +51,9 @@ import io
 import logging
 import time
 import uuid
-from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ __all__ = ["OUTPUT_FILES", "ChunkSource", "StreamRun", "StreamSettings", "check_
 
 # every file a stream's output set may hold (manifest.json is added by oad.io.output_set)
 OUTPUT_FILES = ("scores.csv", "scores.json", "events.json", "timeline.png", "report.html", "manifest.json")
-
 
 
 def check_stream_dims(ckpt: str, in_dim: int, expected: list[int] | None, got: list[int], what: str) -> None:
@@ -468,6 +467,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     ]
     if m["random_weights"]:
         lines.append("WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only")
+    if m["num_skipped_chunks"]:
+        lines.append(f"WARNING: {m['num_skipped_chunks']} chunks skipped for NaN/Inf features (meta.skipped_chunks)")
     lines.append(f"real-time factor: {m['real_time_factor']:.2f} (video seconds / wall seconds)")
     if result.get("report_html"):
         lines.append(f"report -> {result['report_html']}")
