@@ -57,6 +57,42 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
                  "epoch": ckpt.get("epoch")}
 
 
+def check_resume_checkpoint(path: str | None, net_config: dict, net: nn.Module) -> str | None:
+    """The checkpoint a training run resumes from (``ckpt_path=``), checked before Lightning restores it:
+    readable, a checkpoint of a training run (with its optimizer state), of the configured model class,
+    with weights of the configured model's names and shapes. Returns ``path`` (None: no resume).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file and what does not fit (the stored and the configured model, the first
+            differing weights and config values).
+    """
+    if path is None:
+        return None
+    ckpt = load_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {path}: not a checkpoint of this project (no state_dict)")
+    stored = dict((ckpt.get("hyper_parameters") or {}).get("net_config") or {})
+    target = net_config["_target_"]
+    if stored.get("_target_") not in (None, target):
+        raise ValueError(f"checkpoint {path}: a checkpoint of another model: {stored['_target_']}, this run configures "
+                         f"{target}; resume with the model it was trained with (model=...), or start a new run "
+                         "without ckpt_path")
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise ValueError(f"checkpoint {path}: weights only, no training state (optimizer, loops): ckpt_path= resumes "
+                         "a training run from its own checkpoints (<run dir>/checkpoints/last.ckpt)")
+    want = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    differ = [f"{k} {got.get(k, 'missing')} vs {want.get(k, 'absent')}" for k in sorted(want.keys() | got.keys())
+              if got.get(k) != want.get(k)]
+    if differ:
+        configs = {k: (stored.get(k), v) for k, v in net_config.items() if k in stored and stored[k] != v}
+        raise ValueError(f"checkpoint {path}: its weights do not fit the configured {target.rsplit('.', 1)[-1]} "
+                         f"({len(differ)} differ, stored vs configured: {'; '.join(differ[:3])}"
+                         + (f"; config values stored vs configured: {configs}" if configs else "") + ")")
+    return path
+
+
 def save_network(path: str | os.PathLike, net: nn.Module, net_config: dict, data_info: dict | None = None) -> None:
     """Write a network in the format ``load_network`` reads (atomically: temp file, then rename)."""
     path = Path(path)

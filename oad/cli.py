@@ -7,29 +7,167 @@ The Hydra tools (train, eval, stream, export, extract, leaderboard) read ``confi
 root (:data:`oad.config.CONFIG_DIR`) and take Hydra's flags anywhere on the command line (``--cfg job``,
 ``--help``, ``-m`` for a multirun). Nothing heavy is imported before the command line is parsed, so
 ``--cfg``/``--help`` answer at once.
+
+Errors: every tool runs through :func:`run_reported`: a failure ends with one line ``error: <file or config
+key>: <problem>`` on standard error (the details of a many-problem error on the lines above it) and exit
+code 2 for a user error (a bad file, config value or command line: ``ValueError``, ``OSError``, config and
+import errors) or 1 for anything else (a bug: the line says so). The traceback is printed only with
+``OAD_DEBUG=1`` in the environment; the Hydra tools also write it to the run's log file. The Hydra tools
+check the composed config first (:func:`oad.config.check_config`) and the run folder before Hydra
+configures its log file there (:class:`RunFolderCheck`, a Hydra callback of ``configs/hydra/default.yaml``).
+Hydra's own errors (an override it cannot parse or merge) keep Hydra's format (``HYDRA_FULL_ERROR=1``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from oad.config import CONFIG_DIR, register_configs
+from oad.config import CONFIG_DIR, check_config, register_configs
 
-__all__ = ["convert", "evaluate", "export", "extract", "leaderboard", "prepare", "stream", "train"]
+__all__ = ["DEBUG_ENV", "RunFolderCheck", "convert", "evaluate", "export", "extract", "leaderboard", "prepare",
+           "run_reported", "stream", "train"]
+
+DEBUG_ENV = "OAD_DEBUG"  # OAD_DEBUG=1: tracebacks on the terminal
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_SOME_FAILED = 1  # extract: some videos failed, the others are done; leaderboard: every run failed
+
+log = logging.getLogger(__name__)
 
 
-def _hydra_tool(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+def _config_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return OmegaConfBaseException, HydraException
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input causes: a bad file or value (``ValueError``, incl. ``DataError``, ``VideoError``,
+    ``ConfigError``), a missing or unwritable file (``OSError``), a config that does not compose or
+    instantiate, a package that is not installed."""
+    return ValueError, OSError, ImportError, *_config_errors()
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _problem(e: BaseException) -> str:
+    """The text of an error: an ``OSError`` as ``<file>: <reason>``, others as their message."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e) or type(e).__name__
+
+
+def _log_traceback_to_files(e: BaseException) -> None:
+    """The traceback into the log files of the run (Hydra's ``<run dir>/<task>.log``), not the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (type(e).__name__, _problem(e)),
+                            (type(e), e, e.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _report_error(e: BaseException, internal: bool = False) -> int:
+    """Print ``e`` as the tools do (see the module docstring); returns the exit code."""
+    _log_traceback_to_files(e)
+    if _debug():
+        traceback.print_exception(e, file=sys.stderr)
+    lines = _problem(e).strip().splitlines() or [type(e).__name__]
+    if isinstance(e, _config_errors()):  # Hydra's and OmegaConf's put the key on a line of its own
+        rest = [line.strip() for line in lines[1:] if line.strip()]
+        lines = [" ".join([lines[0], "; ".join(rest)]) if rest else lines[0]]
+    for line in lines[1:]:  # a many-problem error: its details first, the error line last
+        print(line, file=sys.stderr)
+    head = lines[0].rstrip(":") + (" (above)" if len(lines) > 1 else "")
+    if internal:
+        hint = "" if _debug() else f"; {DEBUG_ENV}=1 shows the traceback"
+        print(f"error: internal error, {type(e).__name__}: {head}{hint}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    print(f"error: {head}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _unwrapped(e: BaseException) -> BaseException:
+    """A user error raised inside Hydra's ``instantiate`` (e.g. a ``DataError`` of a data constructor) is
+    reported as itself, not as Hydra's wrapper."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(e, InstantiationException) and isinstance(e.__cause__, _user_errors()):
+        e = e.__cause__
+    return e
+
+
+def run_reported(job: Callable[[], int | None]) -> int:
+    """Run ``job``; its exit code (0 for None), or after the error line 2 for a user error and 1 for any
+    other ``Exception``."""
+    try:
+        return job() or 0
+    except _user_errors() as e:
+        return _report_error(_unwrapped(e))
+    except Exception as e:  # noqa: BLE001 - reported in the one error style, exit code 1
+        return _report_error(e, internal=True)
+
+
+class RunFolderCheck(Callback):
+    """A Hydra callback (``configs/hydra/default.yaml``): the run folder (a multirun's sweep folder) must
+    be writable before Hydra creates it and opens its log file there; else the error line names it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        path = Path(str(folder))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            print(f"error: {path}: the run folder cannot be written ({e.strerror or e}); choose another with "
+                  f"{key}=<folder>", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+
+def _hydra_tool(config_name: str) -> Callable[[Callable[[DictConfig], int | None]], Callable[[], None]]:
     """``hydra.main`` on ``configs/<config_name>.yaml``; the job is named by the config's ``task_name``
     (configs/hydra/default.yaml), so its log file is ``<run dir>/<task_name>.log``. The configs derived
-    from the model registry are registered first (:func:`oad.config.register_configs`)."""
+    from the model registry are registered first (:func:`oad.config.register_configs`). The job checks the
+    composed config (:func:`oad.config.check_config`) and runs in :func:`run_reported`: a failure exits
+    with the error line."""
     register_configs()
-    return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+
+    def wrap(tool: Callable[[DictConfig], int | None]) -> Callable[[], None]:
+        @functools.wraps(tool)
+        def job(cfg: DictConfig) -> None:
+            def checked() -> int | None:
+                check_config(cfg)
+                return tool(cfg)
+
+            code = run_reported(checked)
+            if code:
+                sys.exit(code)
+
+        return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(job)
+
+    return wrap
 
 
 @_hydra_tool("train")
@@ -82,17 +220,14 @@ def stream(cfg: DictConfig) -> None:
         oad-stream features=<(T, D) .npy> ckpt_path=<checkpoint>
         oad-stream video=<file> ckpt_path=<checkpoint> output_dir=<dir> report=true
 
-    The last printed line is the real-time factor, or with ``report=true`` the path of ``report.html``; an
-    unreadable input prints ``error: ...`` and exits with 2.
+    The last printed line is the real-time factor, or with ``report=true`` the path of ``report.html``. The
+    outputs are one set, swapped in whole (:mod:`oad.tasks.streaming`): a refused input or a failed run
+    leaves the output folder as it was.
     """
     from oad.tasks.streaming import stream as run
     from oad.tasks.streaming import summary_lines
 
-    try:
-        result = run(cfg)
-    except (ValueError, FileNotFoundError) as e:  # VideoError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    result = run(cfg)
     for line in summary_lines(result):
         print(line)
 
@@ -126,13 +261,14 @@ def export(cfg: DictConfig) -> None:
 
 
 @_hydra_tool("extract")
-def extract(cfg: DictConfig) -> None:
+def extract(cfg: DictConfig) -> int | None:
     """Extract per-chunk features of a folder of videos. Configuration: configs/extract.yaml.
 
         oad-extract videos=<folder> output=<dir>
         oad-extract videos=<folder> output=<dir> flow=true device=cuda
 
-    The last printed line is the summary; the exit code is 1 if any video failed (the others are done).
+    The last printed line is the summary; if any video failed (the others are done), the error line
+    follows on standard error and the exit code is 1.
     """
     from oad.video.extract import extract as run
 
@@ -141,11 +277,13 @@ def extract(cfg: DictConfig) -> None:
         print(f"FAILED {name}: {error}")
     print(summary.line())
     if not summary.ok:
-        sys.exit(1)
+        print(f"error: {summary.failure_line()}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return None
 
 
 @_hydra_tool("leaderboard")
-def leaderboard(cfg: DictConfig) -> None:
+def leaderboard(cfg: DictConfig) -> int | None:
     """Train and evaluate several models on the same data under the same protocol; one table.
     Configuration: configs/leaderboard.yaml.
 
@@ -158,7 +296,9 @@ def leaderboard(cfg: DictConfig) -> None:
     Writes leaderboard.json, leaderboard.md and leaderboard.png in the run directory (and each model's run
     in runs/<name>/). The last printed line is ``winner: <name> mAP=<value> (all protocol)`` (several
     datasets: the best mean rank), or ``below the floor (linear): ...`` when a temporal model scored at or
-    below the floor on a dataset (an error exit with ``fail_below_floor=true``).
+    below the floor on a dataset (with ``fail_below_floor=true`` an error line follows and the exit code
+    is 1). When every run failed, the error line of the first failure follows on standard error and the
+    exit code is 1.
     """
     from oad.console import single_console_logging
     from oad.tasks.leaderboard import format_report, last_line
@@ -169,8 +309,17 @@ def leaderboard(cfg: DictConfig) -> None:
     print(format_report(report, with_floor_line=False))
     print(f"leaderboard: {cfg.output_dir}/leaderboard.md")
     print(last_line(report))
+    rows = [r for res in report.get("datasets", [report]) for r in res["rows"]]
+    if rows and all("error" in r for r in rows):
+        first = rows[0]
+        problem = " ".join(str(first.get("error")).split())
+        print(f"error: every run failed (the table in {cfg.output_dir}/leaderboard.md); the first, "
+              f"{first['model']}: {problem}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     if report.get("below_floor") and cfg.get("fail_below_floor"):
-        sys.exit(1)
+        print(f"error: {cfg.output_dir}/leaderboard.md: {last_line(report)}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return None
 
 
 def prepare(argv: Sequence[str] | None = None) -> int:
@@ -182,7 +331,7 @@ def prepare(argv: Sequence[str] | None = None) -> int:
         oad-prepare targets annotations=<dir> out=<root>/target_perframe lengths_from=<root>/<features>
         oad-prepare --help
 
-    Prints the summary as JSON; returns 2 (after ``error: ...``) when the data are wrong.
+    Prints the summary as JSON; returns 2 (after the error line) when the data are wrong.
     """
     from oad.data.prepare import USAGE
     from oad.data.prepare import main as run
@@ -192,14 +341,7 @@ def prepare(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from oad.data.readers import DataError
-
-    try:
-        print(json.dumps(run(argv), indent=1))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reported(lambda: print(json.dumps(run(argv), indent=1)))
 
 
 CONVERT_USAGE = """\
@@ -224,18 +366,22 @@ def _number_or_text(value: str) -> int | float | str:
 
 def convert(argv: Sequence[str] | None = None) -> int:
     """Convert a reference checkpoint (usage: :data:`CONVERT_USAGE`); prints the result as JSON and the
-    written file last. Returns 2 (after the usage) on a wrong command line."""
+    written file last. Returns 2 (after the usage) on a wrong command line, 2 (after the error line) on a
+    checkpoint it cannot convert."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = [a for a in argv if "=" not in a]
     if len(args) != 2:
         print(CONVERT_USAGE, file=sys.stderr)
         return 2
     kw = {key: _number_or_text(value) for key, value in (a.split("=", 1) for a in argv if "=" in a)}
-    from oad.checkpoint import convert_reference_checkpoint
 
-    dataset = kw.pop("dataset", None)
-    arch = kw.pop("arch", None)
-    result = convert_reference_checkpoint(args[0], args[1], dataset=dataset, arch=arch, **kw)
-    print(json.dumps({k: v for k, v in result.items() if k != "data_info"}, indent=2))
-    print(f"wrote {args[1]} ({result['model']}, {result['num_parameters']:,} parameters)")
-    return 0
+    def run() -> None:
+        from oad.checkpoint import convert_reference_checkpoint
+
+        dataset = kw.pop("dataset", None)
+        arch = kw.pop("arch", None)
+        result = convert_reference_checkpoint(args[0], args[1], dataset=dataset, arch=arch, **kw)
+        print(json.dumps({k: v for k, v in result.items() if k != "data_info"}, indent=2))
+        print(f"wrote {args[1]} ({result['model']}, {result['num_parameters']:,} parameters)")
+
+    return run_reported(run)

@@ -393,8 +393,8 @@ def test_cli_fails_fast_naming_the_broken_file(lstr_root, tmp_path):
          "trainer=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )
-    assert proc.returncode != 0
-    assert "DataError" in proc.stderr and f"{rgb_file(root, s)}: non-finite values: 1 NaN among" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 1 problem in ")
+    assert f"{rgb_file(root, s)}: non-finite values: 1 NaN among" in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("name, layout, dims", [("thumos14", "lstr", {}), ("tvseries", "lstr", {}),

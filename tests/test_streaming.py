@@ -422,3 +422,245 @@ def test_stream_task_errors_are_clear_and_early(tmp_path):
         stream(stream_cfg(tmp_path, ckpt_path=tmp_path / "r18.ckpt"))
     with pytest.raises(ValueError, match="allow_random"):
         stream(stream_cfg(tmp_path, video=corrupt, ckpt_path=tmp_path / "r18.ckpt", **{"backbone.allow_random": "false"}))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Refused inputs, skipped chunks and the output set
+# ---------------------------------------------------------------------------------------------------
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses the NaN/Infinity tokens Python's json accepts."""
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def shown_files(out: Path) -> dict[str, bytes]:
+    """The files ``out`` shows (through the links of the published set), by name."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_tool_refuses_bad_features_before_touching_the_outputs(tmp_path):
+    from oad.io import read_output_set
+
+    save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
+    feats = np.random.default_rng(0).normal(size=(2 * WINDOW, IN_DIM)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("OAD_DEBUG", None)
+
+    def tool(features: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "tools" / "stream.py"), f"features={features}",
+                               f"ckpt_path={tmp_path / 'tiny.ckpt'}", f"output_dir={out}",
+                               f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+
+    r = tool(tmp_path / "f.npy")
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = shown_files(out)
+    assert set(before) == {"scores.csv", "scores.json", "events.json", "timeline.png", "manifest.json"}
+    run_id = read_output_set(out)["run_id"]
+
+    nan, inf = feats.copy(), feats.copy()
+    nan[[3, 9]] = np.nan
+    inf[5, 0] = np.inf
+    cases = {"nan": (nan, "8 NaN"), "inf": (inf, "0 NaN and 1 infinite values in 1 of 16 rows (rows 5)"),
+             "empty": (feats[:0], "no chunks (shape (0, 24))"), "int": ((feats * 9).astype(np.int32), "dtype int32")}
+    for name, (array, problem) in cases.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    (tmp_path / "text.npy").write_text("0.5, 0.25\n")
+    cases["text"] = (None, "not a .npy file")
+    for name, (_, problem) in cases.items():
+        r = tool(tmp_path / f"{name}.npy")
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert last.startswith(f"error: features {tmp_path / f'{name}.npy'}: ") and problem in last, (name, last)
+        assert shown_files(out) == before, name  # the previous outputs, byte for byte
+    assert "rows 3, 9" in tool(tmp_path / "nan.npy").stderr
+    assert read_output_set(out)["run_id"] == run_id
+
+
+def test_outputs_are_one_set_naming_their_run_input_and_checkpoint(tmp_path):
+    """Every file names the run id, the input and the checkpoint; the manifest lists the set; the JSON is
+    strict; a second run replaces the whole set (a timeline of the first run does not survive plot=false)."""
+    from oad.io import SETS_DIR, read_output_set
+    from oad.tasks.streaming import stream
+
+    save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
+    np.save(tmp_path / "f.npy", np.random.default_rng(1).normal(size=(WINDOW + 3, IN_DIM)).astype(np.float32))
+    args = [f"features={tmp_path / 'f.npy'}", f"ckpt_path={tmp_path / 'tiny.ckpt'}", "progress=false"]
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("scores.csv", "report.html", "notes.txt"):  # plain files of an earlier version, and the user's
+        (out / name).write_text("old")
+    first = stream(compose_cfg("stream", args, out))
+    run_id = first["meta"]["run_id"]
+    assert (out / "scores.csv").is_symlink() and not (out / "report.html").exists()  # not part of this set
+    assert (out / "notes.txt").read_text() == "old"
+    manifest = read_output_set(out)
+    assert manifest["run_id"] == run_id and manifest["input"] == {"features": str(tmp_path / "f.npy")}
+    assert manifest["checkpoint"] == str(tmp_path / "tiny.ckpt") and manifest["model"] == "OadTR"
+    assert sorted(manifest["files"]) == ["events.json", "scores.csv", "scores.json", "timeline.png"]
+    comment = (out / "scores.csv").read_text().splitlines()[0]
+    assert f"checkpoint={tmp_path / 'tiny.ckpt'}" in comment and f"features={tmp_path / 'f.npy'}" in comment
+    assert comment.endswith(f" run_id={run_id}")
+    for name in ("scores.json", "events.json", "manifest.json"):
+        doc = strict_json((out / name).read_text())
+        meta = doc if name == "manifest.json" else doc["meta"]
+        assert meta["run_id"] == run_id and str(tmp_path / "tiny.ckpt") == meta["checkpoint"], name
+    assert strict_json((out / "scores.json").read_text())["meta"]["features"] == str(tmp_path / "f.npy")
+
+    second = stream(compose_cfg("stream", [*args, "plot=false"], out))
+    assert second["timeline"] is None and not (out / "timeline.png").exists()
+    assert read_output_set(out)["run_id"] == second["meta"]["run_id"] != run_id
+    assert [p.name for p in (out / SETS_DIR).iterdir() if p.is_dir() and not p.is_symlink()] == [second["meta"]["run_id"]]
+
+
+def test_output_set_leaves_a_file_that_is_already_there(tmp_path):
+    """A file of the set that the folder holds already as itself (a video hard-linked beside a report, streamed
+    from the output folder) stays a plain file there and is not part of the set."""
+    from oad.io import output_set, read_output_set
+
+    (tmp_path / "clip.mp4").write_bytes(b"video")
+    with output_set(tmp_path, "run1", {"input": "clip.mp4"}) as staged:
+        os.link(tmp_path / "clip.mp4", staged / "clip.mp4")
+        (staged / "a.txt").write_text("a")
+    assert not (tmp_path / "clip.mp4").is_symlink() and (tmp_path / "clip.mp4").read_bytes() == b"video"
+    assert (tmp_path / "a.txt").is_symlink() and (tmp_path / "a.txt").read_text() == "a"
+    assert list(read_output_set(tmp_path)["files"]) == ["a.txt"]
+
+
+def test_strict_json_writer_refuses_nan(tmp_path):
+    from oad.io import write_json
+
+    with pytest.raises(ValueError, match=f"{tmp_path / 'x.json'}: not written: a NaN"):
+        write_json(tmp_path / "x.json", {"scores": [0.5, float("nan")]}, strict=True)
+    assert list(tmp_path.iterdir()) == []
+    write_json(tmp_path / "x.json", {"scores": [float("nan")]})  # metrics.json etc. keep Python's json
+    assert (tmp_path / "x.json").read_text() == '{\n  "scores": [\n    NaN\n  ]\n}\n'
+
+
+def test_a_failed_writer_leaves_the_previous_set(tmp_path, monkeypatch):
+    """The writer fails after the first file (scores.csv): the folder still shows the previous set, byte for
+    byte, and nothing of the failed run is left."""
+    import oad.tasks.streaming as streaming
+    from oad.io import SETS_DIR, read_output_set
+
+    save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
+    np.save(tmp_path / "f.npy", np.random.default_rng(2).normal(size=(WINDOW + 3, IN_DIM)).astype(np.float32))
+    np.save(tmp_path / "g.npy", np.random.default_rng(3).normal(size=(WINDOW + 5, IN_DIM)).astype(np.float32))
+    out = tmp_path / "out"
+    cfg = lambda f: compose_cfg("stream", [f"features={tmp_path / f}", f"ckpt_path={tmp_path / 'tiny.ckpt'}",  # noqa: E731
+                                           "progress=false"], out)
+    first = streaming.stream(cfg("f.npy"))
+    before = shown_files(out)
+
+    def broken(path, obj, strict=False):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(streaming, "write_json", broken)
+    with pytest.raises(OSError, match="the output folder cannot be written"):
+        streaming.stream(cfg("g.npy"))
+    assert shown_files(out) == before
+    assert read_output_set(out)["run_id"] == first["meta"]["run_id"]
+    assert sorted(p.name for p in (out / SETS_DIR).iterdir()) == [".lock", first["meta"]["run_id"], "current"]
+
+
+KILL = """
+import os, signal, sys
+import oad.io
+from oad.tasks import streaming
+from tests.conftest import compose_cfg
+
+where, args, out = sys.argv[1], sys.argv[2:-1], sys.argv[-1]
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+if where == "after the first file":
+    streaming.write_json = die  # scores.csv is written, scores.json is not
+else:  # the new set complete and its links made, the swap not done
+    link = oad.io._link
+    oad.io._link = lambda folder, name, target, run_id: die() if name == oad.io.CURRENT else link(folder, name, target, run_id)
+streaming.stream(compose_cfg("stream", args, out))
+"""
+
+
+@pytest.mark.parametrize("where", ["after the first file", "before the swap"])
+def test_a_killed_stream_leaves_the_previous_set(tmp_path, where):
+    """A stream killed (SIGKILL) while publishing its outputs: the folder shows the complete previous set;
+    the next run publishes and removes what the killed one left."""
+    from oad.io import read_output_set
+    from oad.tasks.streaming import stream
+
+    save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
+    np.save(tmp_path / "f.npy", np.random.default_rng(4).normal(size=(WINDOW + 3, IN_DIM)).astype(np.float32))
+    np.save(tmp_path / "g.npy", np.random.default_rng(5).normal(size=(2 * WINDOW, IN_DIM)).astype(np.float32))
+    out = tmp_path / "out"
+    common = [f"ckpt_path={tmp_path / 'tiny.ckpt'}", "progress=false", "plot=false"]
+    first = stream(compose_cfg("stream", [f"features={tmp_path / 'f.npy'}", *common], out))
+    before = shown_files(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", KILL, where, f"features={tmp_path / 'g.npy'}", *common, str(out)],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert shown_files(out) == before
+    assert read_output_set(out)["run_id"] == first["meta"]["run_id"]
+    assert len([p for p in (out / ".outputs").iterdir() if p.is_dir() and not p.is_symlink()]) == 2  # + the dead one
+    third = stream(compose_cfg("stream", [f"features={tmp_path / 'g.npy'}", *common], out))
+    assert read_output_set(out)["run_id"] == third["meta"]["run_id"]
+    assert len(strict_json((out / "scores.json").read_text())["chunk"]) == 2 * WINDOW
+    assert [p.name for p in (out / ".outputs").iterdir() if p.is_dir() and not p.is_symlink()] == [third["meta"]["run_id"]]
+
+
+def test_a_nonfinite_backbone_chunk_is_skipped_and_reported(tmp_path, monkeypatch, caplog):
+    """A video's chunk whose features come out NaN/Inf is logged, listed in the outputs' meta and left out
+    of the stream: the other chunks' scores are those of the detector stepped over the finite chunks only,
+    and the events keep the video's chunk numbers. A video with no finite chunk is an error, the
+    previous outputs untouched."""
+    from oad.io import read_output_set
+    from oad.tasks.streaming import stream, summary_lines
+    from oad.video import FeatureExtractor
+
+    video = write_video(tmp_path / "clip.mp4", 83)  # 14 chunks at 4/s
+    net = save_small_checkpoint(tmp_path / "r18.ckpt", 512, [512])
+    features = FeatureExtractor._features
+    fed: list[np.ndarray] = []
+    broken = {3: np.nan, 8: np.inf}
+
+    def glitchy(self, chunks):
+        out = features(self, chunks)
+        for f in out:
+            if f.index in broken:
+                f.rgb[[0, 7]] = broken[f.index]
+            else:
+                fed.append(f.vector.copy())
+        return out
+
+    monkeypatch.setattr(FeatureExtractor, "_features", glitchy)
+    caplog.set_level("ERROR", logger="oad.tasks.streaming")
+    # events that start at the first score >= 0.05 of a class and never end (off 0): closed at the stream end
+    res = stream(stream_cfg(tmp_path, video=video, ckpt_path=tmp_path / "r18.ckpt",
+                            **{"events.on_threshold": 0.05, "events.off_threshold": 0.0}))
+    out = tmp_path / "out"
+    js = strict_json((out / "scores.json").read_text())
+    assert js["chunk"] == [i for i in range(14) if i not in broken] and res["num_chunks"] == 12
+    meta = js["meta"]
+    assert meta["num_skipped_chunks"] == 2 and [s["chunk"] for s in meta["skipped_chunks"]] == [3, 8]
+    assert "WARNING: 2 chunks skipped for NaN/Inf features (meta.skipped_chunks)" in summary_lines(res)
+    assert meta["skipped_chunks"][0] == {"chunk": 3, "start_s": 0.75, "end_s": 1.0,
+                                         "reason": "2 of 512 feature values are NaN/Inf"}
+    assert strict_json((out / "events.json").read_text())["meta"]["skipped_chunks"] == meta["skipped_chunks"]
+    _, _, table = read_scores_csv(out / "scores.csv")
+    assert table[:, 0].tolist() == js["chunk"]
+    expected = stream_all(OnlineDetector(net, ignore_index=21), torch.from_numpy(np.stack(fed)))[0]
+    assert_close(torch.from_numpy(table[:, 3:]), expected.double(), atol=2e-6, rtol=0)
+    assert [r.getMessage().split(":")[1] for r in caplog.records] == [" chunk 3 (0.75-1.00 s) skipped", " chunk 8 (2.00-2.25 s) skipped"]
+    events = strict_json((out / "events.json").read_text())["events"]  # in the video's chunk numbers:
+    assert events and {e["start_chunk"] for e in events} <= set(js["chunk"])
+    assert {(e["end_chunk"], e["end_decided_chunk"], e["end_by_stream_end"]) for e in events} == {(14, 13, True)}
+
+    before = shown_files(out)
+    broken.update({i: np.nan for i in range(14)})
+    with pytest.raises(ValueError, match=r"clip.mp4: nothing to score: all 14 chunks were skipped"):
+        stream(stream_cfg(tmp_path, video=video, ckpt_path=tmp_path / "r18.ckpt"))
+    assert shown_files(out) == before and read_output_set(out)["run_id"] == meta["run_id"]

@@ -396,6 +396,39 @@ def test_extract_folder_skips_failures_and_resumes(tmp_path):
         extract_folder(videos, out, FeatureExtractor(**TINY, rate=3.0), progress=False)
 
 
+def test_extract_folder_refuses_nonfinite_features_and_a_broken_manifest(tmp_path, monkeypatch):
+    """A video whose backbone gives NaN/Inf is a failed video (no feature file); a truncated manifest of an
+    earlier run is named, and nothing is extracted into that folder."""
+    videos, out = tmp_path / "videos", tmp_path / "features"
+    videos.mkdir()
+    write_cfr(videos / "a.mp4", 40, Fraction(25))
+    write_cfr(videos / "b.mp4", 30, Fraction(25))
+    fe = FeatureExtractor(**TINY, rate=4.0, batch_chunks=8)
+    forward = FeatureExtractor._forward
+
+    calls: list[int] = []
+
+    def nan_in_b(self, net, x):
+        y = forward(self, net, x)
+        calls.append(len(y))
+        if len(calls) == 2:  # the second video (a: 7 chunks, b: 5, one batch each)
+            y[2, :3] = np.nan
+        return y
+
+    monkeypatch.setattr(FeatureExtractor, "_forward", nan_in_b)
+    s = extract_folder(videos, out, fe, progress=False)
+    assert s.done == ["a"] and list(s.failed) == ["b"]
+    assert s.failed["b"] == f"video {videos / 'b.mp4'}: the rgb backbone gave NaN/Inf features for 1 of 5 chunks (first: 2)"
+    assert sorted(p.name for p in (out / "rgb_resnet18").iterdir()) == ["a.npy"]
+    assert json.loads((out / MANIFEST).read_text())["failures"]["b"]["error"] == s.failed["b"]
+
+    (out / MANIFEST).write_text((out / MANIFEST).read_text()[:40])
+    before = _mtimes(out)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(out / MANIFEST))}: not valid JSON .*repair or delete it"):
+        extract_folder(videos, out, fe, progress=False)
+    assert _mtimes(out) == before
+
+
 def test_extract_config_composes(tmp_path):
     videos, out = tmp_path / "videos", tmp_path / "features"
     videos.mkdir()

@@ -41,7 +41,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score a checkpoint on a dataset (``ckpt_path``) or a predictions file (``predictions``).
 
     Writes ``metrics.json`` (or ``cfg.output``), in checkpoint mode also ``predictions.pkl``, and with
-    ``plot=true`` timeline PNGs and a per-class AP chart. Returns ``{'metrics', 'output_dir'}``.
+    ``plot=true`` timeline PNGs and a per-class AP chart. Returns ``{'metrics', 'output_dir'}``. In
+    checkpoint mode the model is the checkpoint's (``metrics.json``: ``model``, its config target as in
+    training, and ``model_class``); a ``model`` in the config (``+model=...``) is not used, and a warning
+    says so.
     """
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +113,12 @@ def score_checkpoint(cfg: DictConfig, protocols: list[str], postprocess: tuple[s
     from oad.checkpoint import load_network
 
     net, info = load_network(cfg.ckpt_path)
+    target = info["net_config"]["_target_"]
+    if cfg.get("model"):
+        asked = cfg.model.get("_target_") if isinstance(cfg.model, DictConfig) else cfg.model
+        log.warning("model=%s on the command line is not used: the checkpoint's model is evaluated, %s (%s)%s",
+                    str(asked).rsplit(".", 1)[-1], type(net).__name__, target,
+                    "" if asked == target else "; it differs from the one asked for")
     data_cfg = cfg.get("data") or (info["data_info"] or {}).get("data_config")
     if not data_cfg:
         raise ValueError(f"checkpoint {cfg.ckpt_path} stores no data config: choose one, e.g. data=thumos14 data.root=...")
@@ -135,5 +144,6 @@ def score_checkpoint(cfg: DictConfig, protocols: list[str], postprocess: tuple[s
         scores={k: v["scores"] for k, v in outputs.items()},
         targets={k: v["targets"] for k, v in outputs.items()},
         reports=lit.test_results, metric=metric, ignore_index=ignore_index, class_names=dm.class_names,
-        source={"ckpt_path": str(cfg.ckpt_path), "epoch": info.get("epoch")}, outputs=outputs,
+        source={"ckpt_path": str(cfg.ckpt_path), "epoch": info.get("epoch"), "model": target,
+                "model_class": type(net).__name__}, outputs=outputs,
     )

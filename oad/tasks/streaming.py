@@ -5,23 +5,43 @@ The video is read as a live stream would deliver it: chunk by chunk, each chunk'
 next one is read, and action events decided online (:class:`oad.online.EventDetector`). Outputs in
 ``output_dir``:
 
-- ``scores.csv``: one row per chunk: ``chunk, start_s, end_s`` and one column per class name (current
-  probabilities); the first line is a ``#`` comment with the checkpoint, backbone and weights.
-- ``scores.json``: the same columns plus ``meta`` (checkpoint, model, backbone, weights, random-weights
-  flag, rate, real-time factor, timings, dtype, device).
+- ``scores.csv``: one row per scored chunk: ``chunk, start_s, end_s`` and one column per class name
+  (current probabilities); the first line is a ``#`` comment with the run id, the input, the checkpoint,
+  backbone and weights.
+- ``scores.json``: the same columns plus ``meta`` (run id, input, checkpoint, model, backbone, weights,
+  random-weights flag, rate, skipped chunks, real-time factor, timings, dtype, device). Strict JSON (no
+  NaN tokens).
 - ``events.json``: ``meta``, the event rule and the events with the chunk at which their start and end
   were decided.
 - ``timeline.png``: the scores over time with the events (no ground truth).
 - ``report.html`` (``report=true``; :mod:`oad.report`): one self-contained page with the video (linked or
   copied beside it), the top classes' scores, the events and a cursor following playback. For a features
   file the page has no video (the timeline and the events table only).
+- ``manifest.json``: the run id, the input, the checkpoint and every file of the set (size, SHA-256).
+
+The outputs are one set (:func:`oad.io.output_set`): written into ``output_dir/.outputs/<run id>/`` and
+published together by one rename, ``output_dir/<file>`` being links into the published set. A reader
+never sees the files of two runs mixed, and a run that fails or is killed before publishing leaves the
+previous set as it was. Each file names its run id (the ``#`` line of scores.csv, ``meta.run_id``,
+``manifest.json``).
+
+The input is checked before anything is written: a features file must be a ``(T, D)`` floating-point
+``.npy`` array with ``T >= 1`` and no NaN/Inf (an integer array is refused, not converted: it is rarely a
+feature file). A video's chunks are checked as the backbone produces them: a chunk whose features hold
+NaN/Inf is logged and skipped, i.e. left out of the stream: the detector and the event detector never
+see it (the next chunk follows the previous one in the model's window or state), it has no row in
+scores.csv/scores.json, and ``meta.skipped_chunks`` lists it (``meta.num_skipped_chunks`` counts them).
+Events keep the video's chunk numbers (a skipped chunk inside an event counts toward its length); the
+timeline and the report draw the scored chunks one after another. A stream with no chunk left to score
+is an error.
 
 The real-time factor is video seconds / wall seconds of the streaming loop (decoding, features,
 detection, events): above 1 the run keeps up with a live stream.
 
-:func:`stream` runs three steps: :func:`open_input` (the video through the feature extractor, or the
-features file, as a :class:`ChunkSource`), :func:`run_detection` (the loop: detector step and events per
-chunk, a :class:`StreamRun`) and :func:`write_outputs` (the files above).
+:func:`stream` runs the steps: :func:`stream_settings` (class names, rate, dtype), :func:`open_input`
+(the video through the feature extractor, or the features file, as a :class:`ChunkSource`),
+:func:`run_detection` (the loop: detector step and events per chunk, a :class:`StreamRun`),
+:func:`run_meta` and :func:`write_outputs` (the files above).
 """
 
 from __future__ import annotations
@@ -30,8 +50,10 @@ import csv
 import io
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +62,18 @@ import torch
 from omegaconf import DictConfig
 
 from oad.checkpoint import load_network
-from oad.io import atomic_write_bytes, write_json
+from oad.data.readers import count_nonfinite
+from oad.io import atomic_write_bytes, load_npy, output_set, write_json
 from oad.online import EventDetector, OnlineDetector
 from oad.tasks.common import resolve_ignore_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChunkSource", "StreamRun", "StreamSettings", "check_stream_dims", "open_input", "run_detection", "stream",
-           "stream_settings", "summary_lines", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "ChunkSource", "StreamRun", "StreamSettings", "check_stream_dims", "new_run_id", "open_input",
+           "run_detection", "run_meta", "stream", "stream_settings", "summary_lines", "write_outputs"]
+
+# every file a stream's output set may hold (manifest.json is added by oad.io.output_set)
+OUTPUT_FILES = ("scores.csv", "scores.json", "events.json", "timeline.png", "report.html", "manifest.json")
 
 
 def check_stream_dims(ckpt: str, in_dim: int, expected: list[int] | None, got: list[int], what: str) -> None:
@@ -107,6 +133,12 @@ class ChunkSource:
         return self.meta.get("video")
 
     @property
+    def input(self) -> dict[str, str]:
+        """``{'video': path}`` or ``{'features': path}``."""
+        key = "video" if self.video else "features"
+        return {key: self.meta[key]}
+
+    @property
     def backbone(self) -> str | None:
         return self.extractor["backbone"] if self.extractor else None
 
@@ -121,8 +153,9 @@ class ChunkSource:
 
 @dataclass
 class StreamRun:
-    """What the streaming loop produced: per chunk its index, times and scores, the detector's and the
-    loop's seconds, and the events (closed at the end of the stream)."""
+    """What the streaming loop produced: per scored chunk its index, times and scores, the detector's and
+    the loop's seconds, the events (closed at the end of the stream) and the chunks skipped for
+    non-finite features (``{'chunk', 'start_s', 'end_s', 'reason'}``)."""
 
     index: list[int]
     starts: list[float]
@@ -131,10 +164,11 @@ class StreamRun:
     detect_s: float
     wall_s: float
     events: list[dict]
+    skipped: list[dict]
 
-    def scores(self, num_classes: int) -> np.ndarray:
-        """The ``(T, C)`` scores (``(0, C)`` for an empty stream)."""
-        return np.stack(self.rows) if self.rows else np.zeros((0, num_classes), np.float32)
+    def scores(self) -> np.ndarray:
+        """The ``(T, C)`` scores of the scored chunks."""
+        return np.stack(self.rows)
 
 
 def stream(cfg: DictConfig) -> dict[str, Any]:
@@ -146,7 +180,9 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
 
     Raises:
         ValueError: neither or both inputs, a feature size that does not fit the checkpoint (raised before
-            any decoding), random backbone weights without ``backbone.allow_random``.
+            any decoding), a features file that is not a non-empty float array without NaN/Inf, no chunk
+            left to score, random backbone weights without ``backbone.allow_random``; in every case the
+            output folder is left as it was.
         oad.video.VideoError: the video cannot be opened or decoded (a ValueError).
         FileNotFoundError: a missing checkpoint, features file, video or backbone weights.
     """
@@ -169,7 +205,7 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         ignore_index=settings.ignore_index,
     )
     run = run_detection(source, detector, events, progress=cfg.get("progress", True))
-    meta = run_meta(settings, net, info, source, run, detector)
+    meta = run_meta(settings, net, info, source, run, detector, run_id=new_run_id())
     files = write_outputs(cfg, settings, source, run, meta, events, model_name=type(net).__name__)
     if source.random_weights:
         log.warning("backbone weights are RANDOM: scores and events are meaningless (recorded in every output)")
@@ -225,12 +261,23 @@ def _open_video(cfg: DictConfig, settings: StreamSettings, in_dim: int, stream_d
 
 
 def _open_features(path: Path, settings: StreamSettings, in_dim: int) -> ChunkSource:
-    if not path.is_file():
-        raise FileNotFoundError(f"features {path}: no such file")
-    feats = np.load(path, mmap_mode="r")
+    """The features file, checked whole before any chunk is scored (see the module docstring)."""
+    feats = load_npy(path, "features")
     if feats.ndim != 2 or feats.shape[1] != in_dim:
         raise ValueError(f"features {path}: expected (T, {in_dim}) for checkpoint {settings.ckpt}, got {feats.shape}")
+    if not np.issubdtype(feats.dtype, np.floating):
+        raise ValueError(f"features {path}: dtype {feats.dtype}, expected floating-point features (float16, float32 "
+                         "or float64); an integer array is refused, not converted (save it as float32 if it is "
+                         "features)")
     total, rate = int(feats.shape[0]), settings.rate
+    if total == 0:
+        raise ValueError(f"features {path}: no chunks (shape {feats.shape}); at least one is needed")
+    nan, inf = count_nonfinite(feats)
+    if nan or inf:
+        rows = np.flatnonzero(~np.isfinite(np.asarray(feats)).all(axis=1))
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"features {path}: {nan} NaN and {inf} infinite values in {len(rows)} of {total} rows "
+                         f"(rows {shown}); the model cannot score them: fix or drop those rows")
     return ChunkSource(chunks=((i, i / rate, (i + 1) / rate, feats[i]) for i in range(total)), total=total,
                        duration=total / rate, name=path.name, meta={"features": str(path)})
 
@@ -238,33 +285,60 @@ def _open_features(path: Path, settings: StreamSettings, in_dim: int) -> ChunkSo
 # -- the loop ----------------------------------------------------------------------------------------------
 def run_detection(source: ChunkSource, detector: OnlineDetector, events: EventDetector,
                   progress: bool = True) -> StreamRun:
-    """Score every chunk of ``source`` as it arrives (``detector.step``) and decide the events online."""
+    """Score every chunk of ``source`` as it arrives (``detector.step``) and decide the events online.
+
+    A chunk whose features hold NaN/Inf (a backbone's failure on a live source) is logged and skipped:
+    neither the detector nor the event detector sees it (see the module docstring).
+
+    Raises:
+        ValueError: no chunk left to score; or the detector's scores are not finite for finite features
+            (the checkpoint's weights are broken).
+    """
     from tqdm import tqdm
 
-    index, starts, ends, rows = [], [], [], []
+    index, starts, ends, rows, skipped = [], [], [], [], []
     detect_s = 0.0
     t_start = time.perf_counter()
     with tqdm(total=source.total, unit="chunk", disable=not progress, delay=2.0, dynamic_ncols=True) as bar:
         for i, start, end, vec in source.chunks:
+            vec = np.asarray(vec)
+            bar.update(1)
+            if not np.isfinite(vec).all():
+                reason = f"{int((~np.isfinite(vec)).sum())} of {vec.size} feature values are NaN/Inf"
+                log.error("%s: chunk %d (%.2f-%.2f s) skipped: %s (not fed to the model)", source.name, i, start, end,
+                          reason)
+                skipped.append({"chunk": i, "start_s": start, "end_s": end, "reason": reason})
+                continue
             t0 = time.perf_counter()
-            scores = detector.step(np.asarray(vec)).scores.cpu().numpy()
+            scores = detector.step(vec).scores.cpu().numpy()
             detect_s += time.perf_counter() - t0
+            if not np.isfinite(scores).all():
+                raise ValueError(f"{source.name}: chunk {i}: the model's scores are NaN/Inf for finite features "
+                                 f"(the checkpoint's weights are broken?)")
+            events.t = i  # events keep the video's chunk numbers across a skipped chunk
             for d in events.update(scores):
                 log.debug("chunk %d: %s of %s (event from chunk %d)", i, d["decision"], d["class_name"], d["start_chunk"])
             index.append(i)
             starts.append(start)
             ends.append(end)
             rows.append(scores)
-            bar.update(1)
     wall = time.perf_counter() - t_start
-    return StreamRun(index, starts, ends, rows, detect_s, wall, events.finish())
+    if not rows:
+        why = f"all {len(skipped)} chunks were skipped (NaN/Inf features)" if skipped else "it has no chunks"
+        raise ValueError(f"{source.video or source.meta.get('features') or source.name}: nothing to score: {why}")
+    if skipped:
+        log.warning("%s: %d of %d chunks skipped for NaN/Inf features (meta.skipped_chunks)", source.name,
+                    len(skipped), len(skipped) + len(rows))
+    return StreamRun(index, starts, ends, rows, detect_s, wall, events.finish(), skipped)
 
 
 def run_meta(settings: StreamSettings, net: torch.nn.Module, info: dict, source: ChunkSource, run: StreamRun,
-             detector: OnlineDetector) -> dict[str, Any]:
-    """The facts of a run recorded in every output: checkpoint, model, input, extractor, timings, detector."""
+             detector: OnlineDetector, run_id: str) -> dict[str, Any]:
+    """The facts of a run recorded in every output: run id, checkpoint, model, input, extractor, skipped
+    chunks, timings, detector."""
     n = len(run.rows)
     return {
+        "run_id": run_id,
         "checkpoint": settings.ckpt,
         "model": type(net).__name__,
         "epoch": info.get("epoch"),
@@ -275,9 +349,11 @@ def run_meta(settings: StreamSettings, net: torch.nn.Module, info: dict, source:
         "extractor": source.extractor,
         "rate": settings.rate,
         "num_chunks": n,
+        "num_skipped_chunks": len(run.skipped),
+        "skipped_chunks": run.skipped,
         "duration_s": source.duration,
         "wall_s": run.wall_s,
-        "real_time_factor": source.duration / run.wall_s if run.wall_s > 0 else float("inf"),
+        "real_time_factor": source.duration / max(run.wall_s, 1e-9),
         "detector_ms_per_chunk": 1e3 * run.detect_s / max(n, 1),
         "dtype": str(detector.dtype).removeprefix("torch."),
         "precision": detector.precision,
@@ -290,6 +366,11 @@ def run_meta(settings: StreamSettings, net: torch.nn.Module, info: dict, source:
     }
 
 
+def new_run_id() -> str:
+    """A run's id: its start time and a random suffix (``20250101-120000-1a2b3c4d``)."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
 # -- the outputs -------------------------------------------------------------------------------------------
 EVENT_RULE = (
     "per action class: a score >= on_threshold starts a candidate; it becomes an event once the score "
@@ -300,57 +381,78 @@ EVENT_RULE = (
 
 def write_outputs(cfg: DictConfig, settings: StreamSettings, source: ChunkSource, run: StreamRun,
                   meta: dict[str, Any], events: EventDetector, model_name: str) -> dict[str, Any]:
-    """``scores.csv``, ``scores.json``, ``events.json`` in ``cfg.output_dir``, with ``plot`` the timeline
-    and with ``report`` the HTML page; their paths (``timeline``, ``report_html``: None when not drawn)."""
+    """``scores.csv``, ``scores.json``, ``events.json``, with ``plot`` the timeline and with ``report`` the
+    HTML page, published in ``cfg.output_dir`` as one set (:func:`oad.io.output_set`, with its
+    ``manifest.json``); their paths (``timeline``, ``report_html``: None when not drawn).
+
+    Raises:
+        ValueError: a value that strict JSON cannot hold (nothing is published).
+        OSError: the output folder cannot be written, naming it (nothing is published).
+    """
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    scores = run.scores()
+    about = {"input": source.input, "checkpoint": settings.ckpt, "model": model_name}
+    try:
+        with output_set(out, meta["run_id"], about, owns=OUTPUT_FILES) as staged:
+            _write_set(cfg, staged, settings, source, run, meta, events, model_name, scores)
+    except OSError as e:
+        if not str(e.filename or "").startswith(str(out)):
+            raise
+        raise OSError(e.errno, f"the output folder cannot be written ({e.strerror or e}: {e.filename})",
+                      str(out)) from e
+    timeline = out / "timeline.png"
+    report_html = out / "report.html"
+    return {
+        "output_dir": str(out),
+        "scores_csv": str(out / "scores.csv"),
+        "scores_json": str(out / "scores.json"),
+        "events_json": str(out / "events.json"),
+        "timeline": str(timeline) if timeline.exists() else None,
+        "report_html": str(report_html) if cfg.get("report", False) else None,
+    }
+
+
+def _write_set(cfg: DictConfig, staged: Path, settings: StreamSettings, source: ChunkSource, run: StreamRun,
+               meta: dict[str, Any], events: EventDetector, model_name: str, scores: np.ndarray) -> None:
+    """The files of one set, into ``staged``."""
     class_names, rate = settings.class_names, settings.rate
-    scores = run.scores(len(class_names))
     columns = ["chunk", "start_s", "end_s", *class_names]
     comment = (f"oad stream: checkpoint={settings.ckpt} backbone={source.backbone or 'unknown (features file)'} "
                f"weights={source.weights or 'unknown (features file)'}"
-               + (" RANDOM BACKBONE WEIGHTS" if source.random_weights else ""))
-    atomic_write_bytes(out / "scores.csv", _csv_bytes(
+               + (" RANDOM BACKBONE WEIGHTS" if source.random_weights else "")
+               + "".join(f" {k}={v}" for k, v in source.input.items()) + f" run_id={meta['run_id']}")
+    atomic_write_bytes(staged / "scores.csv", _csv_bytes(
         comment, columns, ([i, f"{s:.6g}", f"{e:.6g}", *(f"{p:.6f}" for p in r)]
                            for i, s, e, r in zip(run.index, run.starts, run.ends, run.rows))))
-    write_json(out / "scores.json", {
+    write_json(staged / "scores.json", {
         "meta": meta,
         "class_names": class_names,
         "chunk": run.index,
         "start_s": run.starts,
         "end_s": run.ends,
         "scores": np.round(scores.astype(np.float64), 6).tolist(),
-    })
-    write_json(out / "events.json", {
+    }, strict=True)
+    write_json(staged / "events.json", {
         "meta": meta,
         "rule": {**events.describe(), "description": EVENT_RULE},
         "events": run.events,
-    })
-    timeline = None
-    if cfg.get("plot", True) and run.rows:
+    }, strict=True)
+    if cfg.get("plot", True):
         from oad.plots import plot_timeline
 
         title = f"{source.name}: {model_name}, {len(run.rows)} chunks at {rate:g}/s"
         if source.backbone:
             title += f", {source.backbone} ({'RANDOM weights' if source.random_weights else source.weights})"
-        timeline = str(plot_timeline(scores, None, class_names, out / "timeline.png", fps=rate, title=title,
-                                     ignore_index=settings.ignore_index, events=run.events))
-    report_html = None
+        if run.skipped:
+            title += f", {len(run.skipped)} skipped (NaN/Inf features)"
+        plot_timeline(scores, None, class_names, staged / "timeline.png", fps=rate, title=title,
+                      ignore_index=settings.ignore_index, events=run.events)
     if cfg.get("report", False):
         from oad.report import write_report
 
-        report_html = str(write_report(
-            out, video_path=source.video, scores=scores, class_names=class_names, rate=rate,
-            events=run.events, meta={**meta, "event_rule": events.describe()}, ignore_index=settings.ignore_index,
-            background_index=cfg.events.get("background_index", 0)))
-    return {
-        "output_dir": str(out),
-        "scores_csv": str(out / "scores.csv"),
-        "scores_json": str(out / "scores.json"),
-        "events_json": str(out / "events.json"),
-        "timeline": timeline,
-        "report_html": report_html,
-    }
+        write_report(staged, video_path=source.video, scores=scores, class_names=class_names, rate=rate,
+                     events=run.events, meta={**meta, "event_rule": events.describe()},
+                     ignore_index=settings.ignore_index, background_index=cfg.events.get("background_index", 0))
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -365,6 +467,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     ]
     if m["random_weights"]:
         lines.append("WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only")
+    if m["num_skipped_chunks"]:
+        lines.append(f"WARNING: {m['num_skipped_chunks']} chunks skipped for NaN/Inf features (meta.skipped_chunks)")
     lines.append(f"real-time factor: {m['real_time_factor']:.2f} (video seconds / wall seconds)")
     if result.get("report_html"):
         lines.append(f"report -> {result['report_html']}")

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from oad.callbacks import AtomicCheckpointIO, LastCheckpoint
+from oad.checkpoint import check_resume_checkpoint
 from oad.io import write_json, write_predictions
 from oad.models.base import count_parameters
 from oad.tasks.common import build_datamodule, build_net_config, data_info, eval_window, metric_key, recipe_name, resolve_ckpt_path
@@ -74,7 +75,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=instantiate_entries(cfg.get("logger")) or False,
         default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(lit, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    ckpt_path = check_resume_checkpoint(resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), net_config, net)
+    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
 
     last = next((c.path for c in configured if isinstance(c, LastCheckpoint)), None)
     result: dict[str, Any] = {"output_dir": str(output_dir), "ckpt": str(last) if last else None}

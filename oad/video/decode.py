@@ -24,7 +24,8 @@ PARTIAL_CHUNK_TOL = 1e-3
 
 
 class VideoError(ValueError):
-    """A video that cannot be read: missing, unreadable, corrupt, truncated or without frames."""
+    """A video that cannot be read (missing, unreadable, corrupt, truncated or without frames), or whose
+    features come out of the backbone as NaN/Inf."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ go on. Labels are not produced here: they come from the dataset's annotations (`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from oad.io import TMP_SUFFIX, save_npy, write_json
+from oad.io import TMP_SUFFIX, read_json, save_npy, write_json
 from oad.video import FeatureExtractor, VideoError
+from oad.video.features import check_finite_features
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ class ExtractionSummary:
             f"extracted {len(self.done) + len(self.skipped)}/{total} videos "
             f"({len(self.done)} new, {len(self.skipped)} skipped, {len(self.failed)} failed) -> {self.output}"
         )
+
+    def failure_line(self) -> str:
+        """The failures in one line: the first failed video's error (it names the file) and the count."""
+        if not self.failed:
+            return ""
+        first = next(iter(self.failed.values()))
+        more = len(self.failed) - 1
+        return first + (f" (and {more} more failed video{'s' * (more != 1)}: listed above and in "
+                        f"{self.output / MANIFEST})" if more else "")
 
 
 def list_videos(folder: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> dict[str, Path]:
@@ -169,7 +178,11 @@ def extract_folder(
         "failures": {},
     }
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = read_json(manifest_path, "the manifest of an earlier extraction into this folder: repair or delete "
+                        "it (its features are then extracted again), or use another output folder")
+        if not isinstance(old, dict):
+            raise ValueError(f"{manifest_path}: expected a JSON object (an extraction manifest), got "
+                             f"{type(old).__name__}")
         differ = {k: (old.get(k), settings[k]) for k in SETTINGS_KEYS if old.get(k) != settings[k]}
         if differ:
             raise ValueError(
@@ -192,6 +205,7 @@ def extract_folder(
             continue
         try:
             out = extractor(path)
+            check_finite_features(out, path)
         except VideoError as e:
             log.error("skipping %s: %s", path, e)
             summary.failed[name] = str(e)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from oad.video.backbones import Backbone, build_backbone, normalize_rgb, resize_crop
-from oad.video.decode import Chunk, VideoReader, chunk_frames
+from oad.video.decode import Chunk, VideoError, VideoReader, chunk_frames
 from oad.video.flow import stacked_flow
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,23 @@ class ChunkFeatures:
     def vector(self) -> np.ndarray:
         """The model input of this chunk: ``[rgb, flow]`` concatenated."""
         return self.rgb if self.flow is None else np.concatenate([self.rgb, self.flow])
+
+
+def check_finite_features(features: dict, video: str | os.PathLike) -> None:
+    """The whole-video features of :meth:`FeatureExtractor.__call__` must be finite (a backbone can give
+    NaN/Inf, e.g. in bf16 or with broken weights); such a video is not written as a feature file.
+
+    Raises:
+        VideoError: naming the video, the stream and the first chunks with NaN/Inf.
+    """
+    for stream in ("rgb", "flow"):
+        array = features.get(stream)
+        if array is None:
+            continue
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        if len(bad):
+            raise VideoError(f"video {video}: the {stream} backbone gave NaN/Inf features for {len(bad)} of "
+                             f"{len(array)} chunks (first: {', '.join(map(str, bad[:5]))})")
 
 
 class FeatureExtractor:
