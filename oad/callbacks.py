@@ -53,8 +53,13 @@ class LastCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path)
         self._saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.every_n > 0 and trainer.global_step % self.every_n == 0 and trainer.global_step != self._saved_step:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # not after an epoch's last batch: the epoch-end save follows (after the validation, whose random
+        # draws a resume from here would not replay: oad.data.sampling)
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if (self.every_n > 0 and trainer.global_step % self.every_n == 0 and trainer.global_step != self._saved_step
+                and not last_of_epoch):
             self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -3,20 +3,26 @@
 The training samples are the model's (its ``samples`` function, :mod:`oad.data.samples`), handed in
 as ``samples``; the data module knows nothing about models.
 
-Under DDP the training windows get Lightning's ``DistributedSampler``; the whole videos are split across
-the processes by :class:`oad.distributed.VideoShardSampler` (each video once, balanced by length).
+The training samples are shuffled as ``DataLoader(shuffle=True)`` does, by samplers that let a resumed
+run go on exactly where it was (:mod:`oad.data.sampling`; the position is this module's state in every
+checkpoint). Under DDP each process gets its share as from Lightning's ``DistributedSampler``; the whole
+videos are split across the processes by :class:`oad.distributed.VideoShardSampler` (each video once,
+balanced by length).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from oad.data.base import Video, stream_dims
+from oad.data.sampling import ResumePoint, ShardedShuffledSampler, ShuffledSampler, TrainLoader, rng_states
 from oad.data.sources import Source
 from oad.data.windows import VideoDataset, collate_videos
 from oad.distributed import VideoBatches, VideoShardSampler
@@ -63,6 +69,8 @@ class OadDataModule(L.LightningDataModule):
         self.seed = seed
         self._videos: dict[str, list[Video]] = {}
         self.train_set: Dataset | None = None
+        self._train_loader: TrainLoader | None = None
+        self._resume: ResumePoint | None = None
 
     # -- facts -----------------------------------------------------------------------------------------
     @property
@@ -122,19 +130,55 @@ class OadDataModule(L.LightningDataModule):
         if stage in (None, "test", "validate", "predict"):
             self.videos("test")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> TrainLoader:
+        """Shuffled training batches (:mod:`oad.data.sampling`), this process's share under DDP; after a
+        resume from a checkpoint of this module (:meth:`load_state_dict`), from where that run was."""
         if self.train_set is None:
             self.setup("fit")
-        if hasattr(self.train_set, "set_epoch") and self.trainer is not None:
-            self.train_set.set_epoch(self.trainer.current_epoch)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            drop_last=False,
-            persistent_workers=False,
-        )
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        replicas, rank = shard.get("num_replicas", 1), shard.get("rank", 0)
+        if replicas > 1:
+            # Lightning's own DDP sampler seed (seed_everything's), so DDP runs draw what they drew before
+            sampler = ShardedShuffledSampler(self.train_set, replicas, rank, seed=int(os.getenv("PL_GLOBAL_SEED", 0)))
+        else:
+            sampler = ShuffledSampler(self.train_set)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self._resume is not None:
+            epoch = self._resume.next_epoch
+        sampler.set_epoch(epoch)
+        self._train_loader = TrainLoader(self.train_set, self.batch_size, sampler, num_workers=self.num_workers,
+                                         resume=self._resume, rank=rank)
+        return self._train_loader
+
+    # -- checkpoints: where training is (oad.data.sampling) ----------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint by Lightning: the :class:`~oad.data.sampling.ResumePoint` of the fit
+        (every process's RNG states gathered under DDP: Lightning saves a checkpoint on every process, and
+        rank 0 writes it)."""
+        trainer, loader = self.trainer, self._train_loader
+        if trainer is None or loader is None or trainer.state.fn != "fit":
+            return {}
+        rng = [rng_states()]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rng = [None] * trainer.world_size
+            torch.distributed.all_gather_object(rng, rng_states())
+        point = ResumePoint(epoch=int(loader.sampler.epoch),
+                            batches=int(trainer.fit_loop.epoch_loop.batch_progress.current.processed),
+                            num_batches=int(trainer.num_training_batches),
+                            seed=getattr(loader.sampler, "epoch_seed", None), rng=rng)
+        return {"resume_point": point.to_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume the fit where the checkpoint's run was (called by Lightning before the loaders are built)."""
+        if "resume_point" not in state_dict:
+            return
+        point = ResumePoint.from_dict(state_dict["resume_point"])
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(point.rng) != world:
+            log.warning("resuming a run of %d processes on %d: the order of the samples is restored, the random "
+                        "generators (dropout) are not", len(point.rng), world)
+            point.rng = []
+        self._resume = point
 
     def _video_loader(self, stage: str) -> DataLoader:
         """Batches of 8 whole videos, this process's share of them under DDP (the sampler batches)."""
