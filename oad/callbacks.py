@@ -53,6 +53,11 @@ class LastCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path)
         self._saved_step = trainer.global_step
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # resumed from this very file: it holds the restored step already
+        if trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve() == self.path.resolve():
+            self._saved_step = trainer.global_step
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         # not after an epoch's last batch: the epoch-end save follows (after the validation, whose random
