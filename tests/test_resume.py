@@ -40,8 +40,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(tensor, b["state_dict"][name]), name
 
 
-def train_tool(run: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *TRAIN_ARGS, *args, f"hydra.run.dir={run}"],
+def train_tool(run: Path, *args: str, base: list[str] = TRAIN_ARGS) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *base, *args, f"hydra.run.dir={run}"],
                           cwd=run.parent, env=tool_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -83,6 +83,25 @@ def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(model, tmp_path):
     # the run's config record is the first command's; each resume's is kept beside it
     assert (run / ".hydra" / "overrides.yaml").read_bytes() == record
     assert sorted(p.name for p in (run / ".hydra").glob("resume_*")) == ["resume_1", "resume_2"]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
+    """Two CPU processes: every process's position and random generators are restored (each its own)."""
+    base = ["trainer=ddp_cpu", *TRAIN_ARGS[1:], "test=false"]
+    ref = tmp_path / "uninterrupted"
+    res = train_tool(ref, base=base)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "killed"
+    for point in ("step=3", "epoch=0"):  # each process kills itself at the same point
+        res = train_tool(run, *(["ckpt_path=last"] if point == "epoch=0" else []), *kill(point), base=base)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    res = train_tool(run, "ckpt_path=last", base=base)
+    assert res.returncode == 0, res.stderr[-3000:]
+    final, expected = load(run / "checkpoints" / "last.ckpt"), load(ref / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == expected["global_step"] == EPOCHS * BATCHES
+    assert len(final["OadDataModule"]["resume_point"]["rng"]) == 2
+    assert_same_weights(final, expected)
 
 
 @pytest.mark.parametrize("validation", [True, False])
