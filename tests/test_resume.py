@@ -104,12 +104,12 @@ def test_killed_and_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
     assert_same_weights(final, expected)
 
 
-@pytest.mark.parametrize("validation", [True, False])
-def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(validation, tmp_path, monkeypatch,
+@pytest.mark.parametrize(("model", "validation"), [("oadtr", True), ("miniroad", False)])
+def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(model, validation, tmp_path, monkeypatch,
                                                                         one_torch_thread):
     """Every checkpoint an uninterrupted run writes (step checkpoints, last.ckpt after each validation or
     epoch, the epoch files) resumes to the same final weights; without a validation split the epoch-end
-    checkpoints are written at another point of Lightning's loop."""
+    checkpoints are written at another point of Lightning's loop (MiniROAD: windows redrawn every epoch)."""
     copies = tmp_path / "copies"
     copies.mkdir()
     save = AtomicCheckpointIO.save_checkpoint
@@ -118,7 +118,7 @@ def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(validati
         save(self, checkpoint, path, storage_options)
         shutil.copy(path, copies / f"{len(list(copies.iterdir())):02d}_{Path(path).name}")
 
-    args = [*TINY, f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}", "data.batch_size=8",
+    args = [f"model={model}", *TINY, f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}", "data.batch_size=8",
             "checkpoint.every_n_train_steps=1", "test=false", "logger=none",
             *([] if validation else ["data.val_split=null"])]
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", keep_a_copy)

@@ -135,20 +135,26 @@ class OadDataModule(L.LightningDataModule):
         resume from a checkpoint of this module (:meth:`load_state_dict`), from where that run was."""
         if self.train_set is None:
             self.setup("fit")
-        shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
-        replicas, rank = shard.get("num_replicas", 1), shard.get("rank", 0)
-        if replicas > 1:
-            # Lightning's own DDP sampler seed (seed_everything's), so DDP runs draw what they drew before
-            sampler = ShardedShuffledSampler(self.train_set, replicas, rank, seed=int(os.getenv("PL_GLOBAL_SEED", 0)))
-        else:
-            sampler = ShuffledSampler(self.train_set)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         if self._resume is not None:
             epoch = self._resume.next_epoch
-        sampler.set_epoch(epoch)
-        self._train_loader = TrainLoader(self.train_set, self.batch_size, sampler, num_workers=self.num_workers,
-                                         resume=self._resume, rank=rank)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)  # then at every epoch start (OadLitModule.on_train_epoch_start)
+        replicas, rank = self._shard()
+        if replicas > 1:
+            # Lightning's own DDP sampler seed (seed_everything's), so DDP runs draw what they drew before
+            sampler = ShardedShuffledSampler(self.train_set, replicas, rank, seed=int(os.getenv("PL_GLOBAL_SEED", 0)))
+            sampler.set_epoch(epoch)  # then by Lightning at every epoch start
+        else:
+            sampler = ShuffledSampler(self.train_set)
+        self._train_loader = TrainLoader(self.train_set, self.batch_size, resume=self._resume, rank=rank,
+                                         sampler=sampler, num_workers=self.num_workers)
         return self._train_loader
+
+    def _shard(self) -> tuple[int, int]:
+        """``(processes, this process's global rank)`` of the run (``(1, 0)`` without DDP)."""
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        return shard.get("num_replicas", 1), shard.get("rank", 0)
 
     # -- checkpoints: where training is (oad.data.sampling) ----------------------------------------------
     def state_dict(self) -> dict:
@@ -162,7 +168,7 @@ class OadDataModule(L.LightningDataModule):
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             rng = [None] * trainer.world_size
             torch.distributed.all_gather_object(rng, rng_states())
-        point = ResumePoint(epoch=int(loader.sampler.epoch),
+        point = ResumePoint(epoch=int(getattr(self.train_set, "epoch", trainer.current_epoch)),
                             batches=int(trainer.fit_loop.epoch_loop.batch_progress.current.processed),
                             num_batches=int(trainer.num_training_batches),
                             seed=getattr(loader.sampler, "epoch_seed", None), rng=rng)
@@ -175,18 +181,22 @@ class OadDataModule(L.LightningDataModule):
         point = ResumePoint.from_dict(state_dict["resume_point"])
         world = self.trainer.world_size if self.trainer is not None else 1
         if len(point.rng) != world:
-            log.warning("resuming a run of %d processes on %d: the order of the samples is restored, the random "
-                        "generators (dropout) are not", len(point.rng), world)
+            # each process's share of an epoch and its random generators belong to the saving run's processes
+            log.warning("resuming a run of %d processes on %d: not exactly where it was (%s)", len(point.rng), world,
+                        "the next epoch starts anew" if point.at_epoch_end else
+                        "the interrupted epoch's remaining batches are drawn anew")
+            if not point.at_epoch_end:
+                return
             point.rng = []
         self._resume = point
 
     def _video_loader(self, stage: str) -> DataLoader:
         """Batches of 8 whole videos, this process's share of them under DDP (the sampler batches)."""
         videos = self.videos(stage)
-        shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         dataset = VideoDataset(videos)
-        sampler = VideoShardSampler(dataset, [v.num_chunks for v in videos], batch_size=8,
-                                    num_replicas=shard.get("num_replicas", 1), rank=shard.get("rank", 0))
+        replicas, rank = self._shard()
+        sampler = VideoShardSampler(dataset, [v.num_chunks for v in videos], batch_size=8, num_replicas=replicas,
+                                    rank=rank)
         return DataLoader(VideoBatches(dataset), sampler=sampler, batch_size=None, num_workers=0,
                           collate_fn=collate_videos)
 

@@ -122,20 +122,12 @@ class ResumePoint:
 class ShuffledSampler(RandomSampler):
     """``RandomSampler``'s order (the one ``DataLoader(shuffle=True)`` uses: a new permutation every
     iteration, its seed drawn from the global torch RNG when the iteration starts) with the seed kept
-    (``epoch_seed``), a position to resume from (:meth:`resume`), and the dataset told every epoch
-    (``set_epoch``: an :class:`oad.data.base.EpochIndex` redraws its random offsets; Lightning calls it
-    at the start of every epoch)."""
+    (``epoch_seed``) and a position to resume from (:meth:`resume`)."""
 
     def __init__(self, dataset: Dataset):
         super().__init__(dataset)
-        self.epoch = 0
         self.epoch_seed: int | None = None
         self._start: tuple[int, int] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.data_source, "set_epoch"):
-            self.data_source.set_epoch(epoch)
 
     def resume(self, seed: int | None, skip: int) -> None:
         """The next iteration yields the permutation of ``seed`` from its ``skip``-th sample on."""
@@ -156,19 +148,14 @@ class ShuffledSampler(RandomSampler):
 
 class ShardedShuffledSampler(DistributedSampler):
     """Lightning's training sampler under DDP (``DistributedSampler(shuffle=True)``, the permutation
-    seeded by ``seed + epoch``; Lightning keeps a ``DistributedSampler`` it is given) with a position to
-    resume from and the dataset told every epoch, as :class:`ShuffledSampler`."""
+    seeded by ``seed + epoch``, ``set_epoch`` called by Lightning every epoch; Lightning keeps a
+    ``DistributedSampler`` it is given) with a position to resume from, as :class:`ShuffledSampler`."""
 
     epoch_seed = None  # the permutation follows from (seed, epoch)
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
 
     def resume(self, seed: int | None, skip: int) -> None:
         """The next iteration yields this process's share of the epoch from its ``skip``-th sample on."""
@@ -183,25 +170,28 @@ class TrainLoader(DataLoader):
     """The training ``DataLoader`` (``drop_last=False``) over a :class:`ShuffledSampler` or
     :class:`ShardedShuffledSampler`, which, given a :class:`ResumePoint`, resumes there: every iterator
     created for the resumed epoch starts at its position with the saved RNG states (the module
-    docstring says when they are put back); an iterator of a later epoch drops it.
+    docstring says when they are put back); an iterator of a later epoch drops it. The epoch is the
+    dataset's (:class:`oad.data.base.EpochIndex` ``epoch``, set at the start of every epoch before its
+    iterator is created).
 
     Args:
         dataset: the training samples.
         batch_size: samples per batch.
-        sampler: the order.
-        num_workers: loader workers.
         resume: where to resume, or None.
         rank: this process's global rank (which RNG states of ``resume`` are its own).
+        kwargs: ``DataLoader`` arguments: ``sampler`` (the order), ``num_workers``, ... (Lightning rebuilds
+            the loader with another sampler under ``overfit_batches``, passing them all again).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, sampler: ShuffledSampler | ShardedShuffledSampler,
-                 num_workers: int = 0, resume: ResumePoint | None = None, rank: int = 0):
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=False)
+    def __init__(self, dataset: Dataset, batch_size: int = 1, resume: ResumePoint | None = None, rank: int = 0,
+                 **kwargs: Any):
+        kwargs.setdefault("drop_last", False)
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
         self.resume, self.rank = resume, rank
 
     def __iter__(self):
         point = self.resume
-        epoch = getattr(self.sampler, "epoch", None)
+        epoch = getattr(self.dataset, "epoch", None)
         if point is None or epoch is None or epoch < point.next_epoch:
             return super().__iter__()
         if epoch > point.next_epoch:  # the resumed epoch is over

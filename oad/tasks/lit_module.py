@@ -90,6 +90,12 @@ class OadLitModule(L.LightningModule):
             self.log(f"train/{k}", v, on_step=True, on_epoch=True, prog_bar=(k == "loss"), batch_size=bs)
         return terms["loss"]
 
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        train_set = getattr(dm, "train_set", None)
+        if train_set is not None and hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(self.current_epoch)  # new random window offsets (TRN, MiniROAD, LSTR recipes)
+
     # -- evaluation: whole videos, every chunk, online ---------------------------------------------------
     def _score_batch(self, batch: list[dict]) -> None:
         feats = [item["features"] for item in batch]
