@@ -18,6 +18,7 @@ once, before anything is built.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,11 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=instantiate_entries(cfg.get("logger")) or False,
         default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(lit, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    with warnings.catch_warnings():
+        # the data module does resume a mid-epoch checkpoint where it was (oad.data.sampling); Lightning
+        # only knows loaders that follow its own state protocol, and would warn that it does not
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(lit, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
 
     last = next((c.path for c in configured if isinstance(c, LastCheckpoint)), None)
     result: dict[str, Any] = {"output_dir": str(output_dir), "ckpt": str(last) if last else None}
