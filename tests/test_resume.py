@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import RandomSampler
+from torch.utils.data.distributed import DistributedSampler
 
 from oad.callbacks import AtomicCheckpointIO
+from oad.data.sampling import ShardedShuffledSampler, ShuffledSampler
 from oad.tasks import evaluate, train
 from tests.conftest import REPO, TINY, compose_cfg
 from tests.helpers import tool_env
@@ -28,6 +31,26 @@ TRAIN_ARGS = [
     "data.source.num_videos={train: 4, val: 1, test: 2}", "data.source.length_scale=0.1",
     "checkpoint.every_n_train_steps=2", "logger=none",
 ]
+
+
+def test_samplers_keep_the_usual_order_and_resume_its_tail():
+    """The training order is DataLoader(shuffle=True)'s (RandomSampler: the same draws from the global RNG)
+    and Lightning's DDP one (DistributedSampler); a resumed iteration yields the rest of the same one."""
+    data = list(range(50))
+    torch.manual_seed(0)
+    usual, after = list(RandomSampler(data)), torch.get_rng_state()
+    torch.manual_seed(0)
+    sampler = ShuffledSampler(data)
+    assert list(sampler) == usual and torch.equal(torch.get_rng_state(), after)
+    sampler.resume(sampler.epoch_seed, 17)
+    assert list(sampler) == usual[17:] and torch.equal(torch.get_rng_state(), after)  # nothing drawn
+    for rank in (0, 1):
+        plain, sharded = DistributedSampler(data, 2, rank, seed=20), ShardedShuffledSampler(data, 2, rank, seed=20)
+        plain.set_epoch(3)
+        sharded.set_epoch(3)
+        assert list(sharded) == list(plain)
+        sharded.resume(None, 5)
+        assert list(sharded) == list(plain)[5:]
 
 
 def load(path: Path) -> dict:
@@ -118,7 +141,8 @@ def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(model, v
         save(self, checkpoint, path, storage_options)
         shutil.copy(path, copies / f"{len(list(copies.iterdir())):02d}_{Path(path).name}")
 
-    args = [f"model={model}", *TINY, f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}", "data.batch_size=8",
+    args = [f"model={model}", *TINY, f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}",
+            "data.batch_size=8",
             "checkpoint.every_n_train_steps=1", "test=false", "logger=none",
             *([] if validation else ["data.val_split=null"])]
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", keep_a_copy)
@@ -136,7 +160,11 @@ def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(model, v
 
 _KILLED_MID_WRITE = """
 import os, signal, sys, torch
+from torch.utils.data import RandomSampler
+from torch.utils.data.distributed import DistributedSampler
+
 from oad.callbacks import AtomicCheckpointIO
+from oad.data.sampling import ShardedShuffledSampler, ShuffledSampler
 
 def dying_save(obj, f, *args, **kwargs):  # half a checkpoint reaches the disk, then the process is killed
     f.write(b"PK\\x03\\x04" + b"x" * 4096)

@@ -5,6 +5,7 @@ of one DDP launch share it), and a resume, even a failed one, keeps the original
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,8 +36,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 def start_waiting_run(run: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """A training run that holds ``run`` until the returned file exists (tests/helpers.py WaitFor)."""
     ready, go = tmp_path / "ready", tmp_path / "go"
-    proc = subprocess.Popen(train_cmd(run, "+callbacks.wait._target_=tests.helpers.WaitFor", f"+callbacks.wait.ready={ready}",
-                                      f"+callbacks.wait.go={go}"),
+    proc = subprocess.Popen(train_cmd(run, "+callbacks.wait._target_=tests.helpers.WaitFor",
+                                      f"+callbacks.wait.ready={ready}", f"+callbacks.wait.go={go}"),
                             cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not ready.exists():
@@ -108,7 +109,8 @@ def test_in_process_training_in_a_held_folder_raises_before_building_anything(tm
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(run)
-        with pytest.raises(RunFolderBusy, match=rf"run folder {run.resolve()} is in use by another run \(pid {holder.pid} "):
+        busy = re.escape(f"run folder {run.resolve()} is in use by another run (pid {holder.pid} ")
+        with pytest.raises(RunFolderBusy, match=busy):
             train(compose_cfg("train", [*TINY, "trainer.limit_train_batches=1"], run))
         assert snapshot(run) == before
     finally:

@@ -147,7 +147,7 @@ class OadDataModule(L.LightningDataModule):
             sampler.set_epoch(epoch)  # then by Lightning at every epoch start
         else:
             sampler = ShuffledSampler(self.train_set)
-        self._train_loader = TrainLoader(self.train_set, self.batch_size, resume=self._resume, rank=rank,
+        self._train_loader = TrainLoader(self.train_set, self.batch_size, resume_point=self._resume, rank=rank,
                                          sampler=sampler, num_workers=self.num_workers)
         return self._train_loader
 

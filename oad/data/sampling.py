@@ -25,11 +25,13 @@ that matches the save:
   finished epoch before that one; every iterator created for the resumed epoch starts from the saved
   states, so the one that feeds training does.
 
-Without a validation split or with ``check_val_every_n_epoch=1`` and ``val_check_interval=1.0`` (the
-defaults) this covers every save point of :mod:`oad.callbacks` (the step checkpoint skips an epoch's
-last batch: the epoch-end one follows it). A validation inside an epoch (``val_check_interval < 1``)
-draws from the global RNG between saves and is not replayed on resume; a resume on another number of
-processes restores the order but not the RNG states (each process has its own). Both are logged.
+This covers every save point of :mod:`oad.callbacks` (the step checkpoint skips an epoch's last batch:
+the epoch-end one follows it, after the validation, whose loader draws from the global RNG), with or
+without validation. Not covered: a validation inside an epoch (``val_check_interval < 1``: its draws
+between two saves are not replayed); ``overfit_batches`` (Lightning's fixed order replaces the sampler,
+and an interrupted epoch restarts it); a resume on another number of processes (each process's share and
+generators belong to the saving run's processes: the data module logs it, goes on with the next epoch
+after an epoch-end checkpoint and draws the rest of an interrupted epoch anew).
 
 Under DDP (:class:`ShardedShuffledSampler`) the permutation is ``DistributedSampler``'s, seeded by
 ``(seed, epoch)`` as Lightning's own; the position is skipped the same way.
@@ -38,7 +40,6 @@ Under DDP (:class:`ShardedShuffledSampler`) the permutation is ``DistributedSamp
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -48,8 +49,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ResumePoint", "ShardedShuffledSampler", "ShuffledSampler", "TrainLoader", "rng_states",
            "set_rng_states"]
@@ -177,25 +176,25 @@ class TrainLoader(DataLoader):
     Args:
         dataset: the training samples.
         batch_size: samples per batch.
-        resume: where to resume, or None.
-        rank: this process's global rank (which RNG states of ``resume`` are its own).
+        resume_point: where to resume, or None.
+        rank: this process's global rank (which RNG states of ``resume_point`` are its own).
         kwargs: ``DataLoader`` arguments: ``sampler`` (the order), ``num_workers``, ... (Lightning rebuilds
             the loader with another sampler under ``overfit_batches``, passing them all again).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int = 1, resume: ResumePoint | None = None, rank: int = 0,
-                 **kwargs: Any):
+    def __init__(self, dataset: Dataset, batch_size: int = 1, resume_point: ResumePoint | None = None,
+                 rank: int = 0, **kwargs: Any):
         kwargs.setdefault("drop_last", False)
         super().__init__(dataset, batch_size=batch_size, **kwargs)
-        self.resume, self.rank = resume, rank
+        self.resume_point, self.rank = resume_point, rank
 
     def __iter__(self):
-        point = self.resume
+        point = self.resume_point
         epoch = getattr(self.dataset, "epoch", None)
         if point is None or epoch is None or epoch < point.next_epoch:
             return super().__iter__()
         if epoch > point.next_epoch:  # the resumed epoch is over
-            self.resume = None
+            self.resume_point = None
             return super().__iter__()
         rng = point.rng[self.rank] if len(point.rng) > self.rank else None
         if point.at_epoch_end:
