@@ -36,9 +36,8 @@ class LastCheckpoint(L.Callback):
     Written (atomically, through the trainer's checkpoint IO) after every validation of the fit, every
     ``every_n_train_steps`` optimizer steps inside an epoch (0: never; not after an epoch's last batch,
     which the epoch-end file follows, so that every file resumes exactly: :mod:`oad.data.sampling`), at
-    the end of an epoch without
-    validation, and once more when training ends, so after a finished run it holds the final global
-    step, the weights the headline is computed from. A killed run resumes from it (``ckpt_path=last``)
+    the end of an epoch without validation, and once more when training ends, so after a finished run it
+    holds the final global step, the weights the headline is computed from. A killed run resumes from it (``ckpt_path=last``)
     losing at most ``every_n_train_steps`` steps.
 
     Lightning's own ``ModelCheckpoint(save_last=True)`` only rewrites ``last.ckpt`` when that callback
