@@ -34,9 +34,10 @@ class LastCheckpoint(L.Callback):
     """``last.ckpt``: always the newest weights of the run.
 
     Written (atomically, through the trainer's checkpoint IO) after every validation of the fit, every
-    ``every_n_train_steps`` optimizer steps (0: never mid-epoch), at the end of an epoch without
-    validation, and once more when training ends, so after a finished run it holds the final global
-    step, the weights the headline is computed from. A killed run resumes from it (``ckpt_path=last``)
+    ``every_n_train_steps`` optimizer steps inside an epoch (0: never; not after an epoch's last batch,
+    which the epoch-end file follows, so that every file resumes exactly: :mod:`oad.data.sampling`), at
+    the end of an epoch without validation, and once more when training ends, so after a finished run it
+    holds the final global step, the weights the headline is computed from. A killed run resumes from it (``ckpt_path=last``)
     losing at most ``every_n_train_steps`` steps.
 
     Lightning's own ``ModelCheckpoint(save_last=True)`` only rewrites ``last.ckpt`` when that callback
@@ -50,11 +51,21 @@ class LastCheckpoint(L.Callback):
         self._saved_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # everything a resume needs
         self._saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.every_n > 0 and trainer.global_step % self.every_n == 0 and trainer.global_step != self._saved_step:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # resumed from this very file: it holds the restored step already
+        if trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve() == self.path.resolve():
+            self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # not after an epoch's last batch: the epoch-end save follows (after the validation, whose random
+        # draws a resume from here would not replay: oad.data.sampling)
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if (self.every_n > 0 and trainer.global_step % self.every_n == 0 and trainer.global_step != self._saved_step
+                and not last_of_epoch):
             self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

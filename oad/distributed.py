@@ -5,11 +5,13 @@
   and a process left without videos still runs one (empty) batch, so it reaches the end-of-epoch hooks
   where the scores are gathered. Lightning's ``DistributedSampler`` would pad the list by repeating
   videos, as the reference OadTR's evaluation does; this sampler is a ``DistributedSampler`` subclass so
-  that Lightning (``use_distributed_sampler=True``, the default) keeps it, while the training windows
-  still get Lightning's own sampler.
+  that Lightning (``use_distributed_sampler=True``, the default) keeps it. The training samples' sampler
+  is :class:`oad.data.sampling.ShardedShuffledSampler` (Lightning's ``DistributedSampler`` with a position
+  a resumed run goes on from).
 
 Checkpoints that survive a killed process (atomic writes, ``last.ckpt`` at every save point):
-:mod:`oad.callbacks`.
+:mod:`oad.callbacks`; every process's position and random generators in them, for an exact resume:
+:mod:`oad.data.sampling`; one launch per run folder (its first process holds the lock): :mod:`oad.runlock`.
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ class EpochIndex(Dataset, ABC):
         """The tensors of the item of ``video`` ending at ``end`` (exclusive)."""
 
     def set_epoch(self, epoch: int) -> None:
-        """Rebuild the index for ``epoch`` (new random offsets)."""
+        """Rebuild the index for ``epoch`` (new random offsets); ``epoch`` is kept (``self.epoch``)."""
+        self.epoch = epoch
         rng = np.random.default_rng((self.seed, epoch))
         pairs = []
         for vi, v in enumerate(self.videos):

@@ -6,13 +6,19 @@ The trainer's callbacks and loggers are the ``callbacks`` and ``logger`` config 
 entry by entry. By default (``configs/callbacks/default.yaml``, :mod:`oad.callbacks`) checkpoints go to
 ``<run dir>/checkpoints/``: ``last.ckpt`` always holds the newest weights (the final ones after a finished
 run), ``epoch<NNN>.ckpt`` one per epoch; nothing is picked on a metric unless
-``checkpoint.select_best=true``. ``ckpt_path=last`` resumes from ``last.ckpt``. The default logger writes
-``<run dir>/logs/`` (CSV); ``logger=tensorboard`` TensorBoard event files, ``logger=none`` nothing.
+``checkpoint.select_best=true``. ``ckpt_path=last`` resumes from ``last.ckpt``, exactly: the resumed run
+ends with the weights the uninterrupted run ends with (:mod:`oad.data.sampling` says what Lightning restores
+and what the data module adds). The default logger writes ``<run dir>/logs/`` (CSV);
+``logger=tensorboard`` TensorBoard event files, ``logger=none`` nothing.
+
+A run holds its run directory for as long as it lasts (:mod:`oad.runlock`): a second run there fails at
+once, before anything is built.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from oad.callbacks import AtomicCheckpointIO, LastCheckpoint
 from oad.checkpoint import check_resume_checkpoint
 from oad.io import write_json, write_predictions
 from oad.models.base import count_parameters
+from oad.runlock import hold_run_folder
 from oad.tasks.common import build_datamodule, build_net_config, data_info, eval_window, metric_key, recipe_name, resolve_ckpt_path
 from oad.tasks.lit_module import OadLitModule
 
@@ -44,9 +51,18 @@ def instantiate_entries(node: DictConfig | None) -> list[Any]:
 def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train, then test the final weights. Returns ``{'metrics': ..., 'output_dir': ..., 'ckpt': ...}``.
 
-    ``callbacks`` are added to the trainer's (e.g. a throughput meter).
+    ``callbacks`` are added to the trainer's (e.g. a throughput meter). The run folder is held for the
+    whole run (:mod:`oad.runlock`), before anything is built.
+
+    Raises:
+        oad.runlock.RunFolderBusy: another run holds ``cfg.output_dir``.
     """
     output_dir = Path(cfg.output_dir)
+    with hold_run_folder(output_dir):
+        return _train(cfg, output_dir, callbacks)
+
+
+def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -76,7 +92,11 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
     )
     ckpt_path = check_resume_checkpoint(resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), net_config, net)
-    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # the data module does resume a mid-epoch checkpoint where it was (oad.data.sampling); Lightning
+        # only knows loaders that follow its own state protocol, and would warn that it does not
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
 
     last = next((c.path for c in configured if isinstance(c, LastCheckpoint)), None)
     result: dict[str, Any] = {"output_dir": str(output_dir), "ckpt": str(last) if last else None}
