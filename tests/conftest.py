@@ -70,3 +70,16 @@ TINY = [
     "data.source.num_videos={train: 6, val: 2, test: 3}",
     "data.source.length_scale=0.15",
 ]
+
+
+def net_on_meta(cfg, in_dim: int = 3072, num_classes: int = 22):
+    """The network a composed training config builds, on the meta device (no memory), with the feature
+    size and class count the data would give (the two facts ``build_net_config`` reads from it)."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from oad.tasks import build_net_config
+
+    with torch.device("meta"):
+        return instantiate(build_net_config(cfg, SimpleNamespace(in_dim=in_dim, num_classes=num_classes)))

@@ -10,44 +10,33 @@ import re
 import shlex
 
 import pytest
-import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from oad.data.readers import RELEASED_STREAMS
+from oad.models import registry
 from oad.models.base import count_parameters
-from oad.tasks import build_net_config
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import REPO, compose_cfg, net_on_meta
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 TOOL_CONFIGS = {"train": "train", "eval": "eval", "stream": "stream", "export": "export",
                 "extract_features": "extract", "leaderboard": "leaderboard"}
 
 
-def _net_on_meta(cfg, in_dim: int = 3072, num_classes: int = 22):
-    class _DM:  # the two facts build_net_config reads from the data
-        pass
-
-    dm = _DM()
-    dm.in_dim, dm.num_classes = in_dim, num_classes
-    with torch.device("meta"):
-        return instantiate(build_net_config(cfg, dm))
-
-
-MODELS = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
+MODELS = registry.names()
 REAL_DATA = sorted(p.stem for p in (REPO / "configs" / "data").glob("*.yaml") if p.stem != "synthetic")
 PRIMARY = ("train", "eval", "stream", "export", "extract", "leaderboard")
 
 
 def test_real_data_gets_the_paper_model_and_the_built_in_data_the_demo_one(tmp_path):
     real = compose_cfg("train", ["data=thumos14", "data.root=/data/thumos"], tmp_path)
-    assert real.size == "paper" and count_parameters(_net_on_meta(real)) == 74_700_844  # paper OadTR, in_dim 3072
+    assert real.size == "paper" and count_parameters(net_on_meta(real)) == 74_700_844  # paper OadTR, in_dim 3072
     assert real.optimizer.lr == 1e-4 and real.data.batch_size == 128 and real.trainer.max_epochs == 4
     # size= on the command line wins, before or after the data
     for overrides in (["data=thumos14", "data.root=/data/thumos", "size=demo"],
                       ["size=demo", "data=thumos14", "data.root=/data/thumos"]):
         demo = compose_cfg("train", overrides, tmp_path)
-        assert demo.size == "demo" and demo.model.d_model == 128 and count_parameters(_net_on_meta(demo)) < 2_000_000
+        assert demo.size == "demo" and demo.model.d_model == 128 and count_parameters(net_on_meta(demo)) < 2_000_000
     built_in = compose_cfg("train", [], tmp_path)
     assert built_in.size == "demo" and built_in.model.d_model == 128
     assert compose_cfg("train", ["size=paper"], tmp_path).model.d_model == 1024

@@ -11,13 +11,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from hydra.utils import instantiate
 
 from oad.models import registry
 from oad.models.base import OnlineModel
-from oad.tasks import build_net_config
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import REPO, compose_cfg, net_on_meta
 
 
 @pytest.mark.parametrize("size", ["demo", "paper"])
@@ -25,12 +22,7 @@ from tests.conftest import REPO, compose_cfg
 def test_every_model_composes_at_every_size(name, size, tmp_path):
     """``tools/train.py model=<name> size=<size>`` composes and builds the network (on the meta device)."""
     cfg = compose_cfg("train", [f"model={name}", f"size={size}"], tmp_path)
-
-    class _Data:  # the two facts build_net_config reads from the data module
-        in_dim, num_classes = 3072, 22
-
-    with torch.device("meta"):
-        net = instantiate(build_net_config(cfg, _Data()))
+    net = net_on_meta(cfg)
     assert type(net) is registry.get(name).cls and isinstance(net, OnlineModel)
     assert net.in_dim == 3072 and net.num_classes == 22
     assert cfg.criterion._target_ and cfg.optimizer._target_ and cfg.trainer.max_epochs >= 1

@@ -289,9 +289,7 @@ def test_event_settings_are_checked():
 
 def save_small_checkpoint(path, in_dim: int, stream_dims: list[int]) -> OadTR:
     net = make("oadtr") if in_dim == IN_DIM else small_oadtr(in_dim).eval()
-    cfg = {"_target_": "oad.models.oadtr.OadTR", "in_dim": in_dim, "num_classes": 22, "window": WINDOW, "d_model": 32,
-           "num_heads": 4, "num_layers": 2, "mlp_dim": 48, "num_queries": 4, "decoder_layers": 3, "decoder_heads": 2,
-           "decoder_ffn_dim": 40}
+    cfg = {"_target_": "oad.models.oadtr.OadTR", "in_dim": in_dim, "num_classes": 22, **OadTR.tiny}
     save_network(path, net, cfg, {"class_names": NAMES, "ignore_index": 21, "fps": 4.0, "stream_dims": stream_dims})
     return net
 
