@@ -1,6 +1,6 @@
 """The training criteria, each its own module returning named terms and their weights (``weight_dict``):
 :class:`OadCriterion` (OadTR, TRN, the linear floor), :class:`MiniROADCriterion`, :class:`LSTRCriterion`
-(LSTR, TeSTra). Every one is called ``criterion(logits, future_logits, target, future_target)`` with the
+(LSTR, TeSTra), :class:`CMeRTCriterion`. Every one is called ``criterion(logits, future_logits, target, future_target)`` with the
 outputs of the model's ``training_logits`` and returns a dict with the training ``loss``.
 
 OadTR/TRN: 
@@ -198,3 +198,42 @@ class LSTRCriterion(nn.Module):
         """``logits``/``target`` ``(B, W, C)`` -> ``{'current', 'loss'}``; the future arguments are ignored."""
         current = multi_cross_entropy(logits, target, self.ignore_index)
         return {"current": current, "loss": self.weight_dict["current"] * current}
+
+
+# --- CMeRT --------------------------------------------------------------------------------------------
+
+
+class CMeRTCriterion(nn.Module):
+    """CMeRT's training loss (reference ``main.py``, ``S1_W``/``S2_W``/``F_W``): MCE on every pass over the
+    work and anticipation rows, the first pass weighted ``first_weight`` (0.1), each refined pass
+    ``refined_weight`` (1.0), and MCE on the future head weighted ``future_weight`` (0.5).
+
+    Each MCE is :func:`multi_cross_entropy` (the reference ``MultipCrossEntropyLoss``): the work and
+    anticipation rows of a pass form one mean, as in the reference, which concatenates their targets.
+
+    Args:
+        first_weight: weight of the first pass (reference ``S1_W``).
+        refined_weight: weight of each refinement pass (``S2_W``).
+        future_weight: weight of the future head (``F_W``).
+        ignore_index: Ambiguous class (21 for THUMOS), or None.
+    """
+
+    def __init__(self, first_weight: float = 0.1, refined_weight: float = 1.0, future_weight: float = 0.5,
+                 ignore_index: int | None = 21):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.weight_dict = {"first": float(first_weight), "refined": float(refined_weight),
+                            "future": float(future_weight)}
+
+    def forward(self, logits: Tensor, future_logits: Tensor, target: Tensor,
+                future_target: Tensor) -> dict[str, Tensor]:
+        """``logits (B, P, W + A, C)`` (passes: first, refined...), ``target (B, W + A, C)``,
+        ``future_logits``/``future_target (B, F, C)`` -> ``{'first', 'refined', 'future', 'loss'}``."""
+        ii = self.ignore_index
+        terms = {
+            "first": multi_cross_entropy(logits[:, 0], target, ii),
+            "refined": sum(multi_cross_entropy(logits[:, p], target, ii) for p in range(1, logits.shape[1])),
+            "future": multi_cross_entropy(future_logits, future_target, ii),
+        }
+        terms["loss"] = sum(self.weight_dict[k] * v for k, v in terms.items())
+        return terms

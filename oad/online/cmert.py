@@ -1,0 +1,66 @@
+"""Online step of CMeRT (:class:`oad.models.cmert.CMeRT`): one chunk per call, exactly
+:meth:`CMeRT.forward_video <oad.models.cmert.CMeRT.forward_video>`'s scores.
+
+Chunk ``t`` is scored from the window ``ws = max(0, t - W + 1) .. t``, the ``K`` context chunks before ``ws``
+(chunk 0 where there are none) and the long memory of ``ws`` (the reference test sampler,
+:meth:`CMeRT.long_memory_indices`). The reference has no stream mode: its batch inference re-encodes the
+whole long memory (feature heads and projections of all ``N + K + W`` chunks) for every chunk.
+
+What is kept per stream (as LSTR's step, :class:`oad.online.lstr.LSTRStep`): for each of the last ``L + W``
+chunks the first compression stage's per-chunk terms (the learned queries' scores against the chunk's key and
+its value projection; the queries' own projections are constants), and the work head's outputs of the last
+``K + W`` chunks. So each chunk goes through both feature heads and the key/value projections once.
+
+What is recomputed every step (exact; nothing cheaper is: the long-memory grid moves by one chunk each step,
+every work token changes position in its window, and the decoder and refinement see all of them):
+
+- stage-1 attention over the ``N`` gathered keys (the only term that grows with ``N``) and the rest of the
+  compression (stage 1's output projection and FFN, stage 2 on its queries);
+- the generation decoder (``G`` queries over the compressed memory);
+- the work decoder over the ``K + W`` context and work tokens and the ``A`` anticipation queries, and the
+  refinement layer over the work and anticipation rows; the classifier on the last work row and the
+  anticipation rows.
+
+FLOPs and timings per chunk at paper size: ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from oad.online.lstr import LSTRStep
+
+
+class CMeRTStep(LSTRStep):
+    """CMeRT for ``n`` streams stepped together, equal to ``CMeRT.forward_video`` on each stream.
+
+    The long memory's per-chunk terms and their gathering are LSTR's step's; the work-head ring also holds
+    the ``K`` context chunks. With ``int8`` it runs a :func:`oad.online.lstr.quantize_lstr` copy (CPU).
+    """
+
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
+        super().__init__(net, device, dtype, int8)
+        self.span = self.net.context + self.net.work_memory  # work-head outputs a window reads
+
+    def start(self, n: int) -> None:
+        super().start(n)
+        # work-head outputs, chunk c at c % (K + W)
+        self.work = torch.zeros(n, self.span, self.net.d_model, device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        net, consts, t, W = self.net, self.consts, self.t, self.net.work_memory
+        if x.shape[0] != self.n:
+            raise ValueError(f"expected {self.n} streams, got {x.shape[0]}")
+        scores, values = net.long_parts(net.feature_head_long(x), consts)  # (n, H, Q1), (n, d)
+        self.work[:, t % self.span] = net.feature_head_work(x)
+        ws = max(0, t - W + 1)
+        memory = net.compress_from_attention(self.stage1(t, ws, scores, values), consts)  # (n, M, d)
+        chunks = torch.arange(ws - net.context, t + 1, device=self.device).clamp(min=0) % self.span
+        logits, future = net.score_windows(self.work[:, chunks], memory)  # (n, C), (n, A, C)
+        self.t += 1
+        return logits, future
+
+
+__all__ = ["CMeRTStep"]
