@@ -214,3 +214,34 @@ def test_step_equals_forward_video(model, T):
         ref = model.forward_video(videos[s])
         assert_close(logits[s], ref[0], **TOL)
         assert_close(future[s], ref[1], **TOL)
+
+
+def test_training_samples_are_the_reference_data_layer(case, model):
+    """The training item of window ws = 24 (the reference CMeRTBatchDataLayer's item 3): work targets,
+    anticipation targets and future targets; the context chunks, clipped at chunk 0 for an early window."""
+    import numpy as np
+
+    from oad.data.base import Video
+    from oad.data.samples import cmert_memory_windows
+
+    video = case["video"]
+    targets = np.zeros((300, 22), dtype=np.float32)
+    targets[np.arange(300), np.arange(300) % 22] = 1  # the case video's targets
+    v = Video("vid", (video["visual"].numpy(), video["motion"].numpy()), targets)
+    config = {"work_memory": W, "long_memory": 128, "long_stride": 4, "context": K, "anticipation": A, "future": 24}
+    data = cmert_memory_windows([v], config, ignore_index=21)
+    item = data.item(v, 24 + W)
+    ref = case["train_item"]
+    assert torch.equal(item["target"], torch.cat([ref["target"], ref["ant_target"]]))
+    assert torch.equal(item["future_target"], ref["future_target"])
+    assert torch.equal(item["features"], case_video(case)[24 - K:24 + W])
+    first = data.item(v, W)
+    assert torch.equal(first["features"][:K + 1], case_video(case)[0].expand(K + 1, -1))
+    assert first["long_mask"].sum() == 1  # all padding, the last chunk-0 slot unmasked
+    ends = data.index[:, 1]
+    assert ((ends - W) % W == (ends[0] - W) % W).all() and (ends + 2 * A < 300).all()
+    assert ends.max() + W + 2 * A >= 300  # the last window the reference's bound allows
+    with torch.no_grad():
+        batch = torch.utils.data.default_collate([item, first])
+        passes, future = model.training_logits(batch)
+    assert passes.shape == (2, 2, W + A, 22) and future.shape == (2, 24, 22)

@@ -1,4 +1,5 @@
-"""LSTR/TeSTra training samples: work windows of ``W`` chunks, each with its long memory of ``N`` chunks.
+"""LSTR/TeSTra/CMeRT training samples: work windows of ``W`` chunks, each with its long memory of ``N`` chunks
+(CMeRT: also context chunks, anticipation and future targets, :class:`ContextWindowDataset`).
 
 As the references' training data layer (``perframe_data_layers.py``): per epoch and video a random
 offset ``s0`` in ``[0, W)``, windows ``[ws, ws + W)`` at stride ``W`` with ``ws + W < T`` (a window ending
@@ -68,6 +69,57 @@ class MemoryWindowDataset(EpochIndex):
             "mask": torch.ones(self.W, dtype=torch.bool),
             "target": torch.from_numpy(targets),
             "future_target": torch.zeros(self.W, 0, targets.shape[1]),
+            "long_features": torch.from_numpy(np.ascontiguousarray(long)),
+            "long_mask": torch.from_numpy(valid),
+        }
+
+
+class ContextWindowDataset(MemoryWindowDataset):
+    """CMeRT's training samples (reference ``CMeRTBatchDataLayer``): TeSTra's work windows and long memories
+    with ``K`` context chunks before each window, ``A`` anticipation targets after it and ``F`` future targets.
+
+    Per epoch and video a random offset ``s0`` in ``[0, W)``, windows ``[ws, ws + W)`` at stride ``W`` with
+    ``ws + W + A < T - A`` (the reference's bound). An item: ``features (K + W, D)`` the context chunks
+    (chunk 0 before the start of the video) then the work chunks, ``mask (K + W,)`` (all True),
+    ``target (W + A, C)`` of chunks ``ws .. ws + W + A - 1``, ``future_target (F, C)`` of chunks
+    ``ws .. ws + F - 1`` (the last chunk's past the end of the video), ``long_features (N, D)`` and
+    ``long_mask (N,)`` as TeSTra's (``linspace(ws - L, ws - 1, N)``).
+
+    Args:
+        videos: the split's videos.
+        work_memory: ``W``.
+        long_memory: ``L`` chunks spanned by the long memory.
+        long_stride: ``L / N``.
+        context: ``K``.
+        anticipation: ``A``.
+        future: ``F``.
+        seed: seed of the per-epoch offsets.
+    """
+
+    def __init__(self, videos: list[Video], work_memory: int, long_memory: int, long_stride: int, context: int,
+                 anticipation: int, future: int, seed: int = 0):
+        self.K, self.A, self.F = context, anticipation, future
+        super().__init__(videos, work_memory, long_memory, long_stride, stretch=False, seed=seed)
+
+    def ends(self, video: Video, rng: np.random.Generator) -> np.ndarray:
+        s0 = int(rng.integers(0, self.W))
+        starts = np.arange(s0, video.num_chunks - self.W - 2 * self.A, self.W)  # ws + W + A < T - A
+        return starts + self.W
+
+    def item(self, video: Video, end: int) -> dict[str, torch.Tensor]:
+        ws, T = end - self.W, video.num_chunks
+        idx, valid = long_memory_sample(ws, self.L, self.N, self.stretch)
+        lo = int(idx.min())
+        long = video.features(lo, int(idx.max()) + 1)[idx - lo]  # (N, D)
+        work = np.clip(np.arange(ws - self.K, end), 0, None)  # (K + W,)
+        lo = int(work[0])
+        future = np.minimum(np.arange(ws, ws + self.F), T - 1)  # (F,)
+        targets = np.asarray(video.targets, dtype=np.float32)
+        return {
+            "features": torch.from_numpy(np.ascontiguousarray(video.features(lo, end)[work - lo])),
+            "mask": torch.ones(self.K + self.W, dtype=torch.bool),
+            "target": torch.from_numpy(targets[ws:end + self.A]),
+            "future_target": torch.from_numpy(targets[future]),
             "long_features": torch.from_numpy(np.ascontiguousarray(long)),
             "long_mask": torch.from_numpy(valid),
         }

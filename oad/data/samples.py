@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from oad.data.base import Video
-from oad.data.memory import MemoryWindowDataset
+from oad.data.memory import ContextWindowDataset, MemoryWindowDataset
 from oad.data.sequences import SequenceDataset, sequence_lengths
 from oad.data.windows import WindowDataset
 
@@ -70,6 +70,17 @@ def testra_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ign
     """TeSTra: as LSTR, but the long memory always spans ``L`` chunks (``linspace(ws - L, ws - 1, N)``,
     negative indices become chunk 0)."""
     return _memory_windows(videos, config, seed, stretch=False)
+
+
+def cmert_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
+                         seed: int = 0) -> ContextWindowDataset:
+    """CMeRT: TeSTra's windows and long memories, with context chunks before each window, anticipation
+    targets after it and future targets from its start."""
+    return ContextWindowDataset(videos, work_memory=int(config.get("work_memory", 16)),
+                                long_memory=int(config.get("long_memory", 1024)),
+                                long_stride=int(config.get("long_stride", 4)), context=int(config.get("context", 2)),
+                                anticipation=int(config.get("anticipation", 8)), future=int(config.get("future", 48)),
+                                seed=seed)
 
 
 def _memory_windows(videos: list[Video], config: Mapping[str, Any], seed: int, stretch: bool) -> MemoryWindowDataset:
