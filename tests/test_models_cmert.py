@@ -245,3 +245,19 @@ def test_training_samples_are_the_reference_data_layer(case, model):
         batch = torch.utils.data.default_collate([item, first])
         passes, future = model.training_logits(batch)
     assert passes.shape == (2, 2, W + A, 22) and future.shape == (2, 24, 22)
+
+
+def test_converter_reads_a_reference_checkpoint(case, model, tmp_path):
+    """``oad-convert``: a reference checkpoint (``model_state_dict``, DataParallel prefix) is recognised as
+    CMeRT by its names, read with its config file, saved, and loads back to the same scores."""
+    from oad.checkpoint import convert_reference_checkpoint, load_network
+
+    src, dst = tmp_path / "epoch-9.pth", tmp_path / "cmert.ckpt"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in case["state_dict"].items()}}, src)
+    config = tmp_path / "small.yaml"
+    config.write_text(case["config"]["yaml"])
+    info = convert_reference_checkpoint(src, dst, config_file=str(config))
+    assert info["model"] == "CMeRT" and info["net_config"]["work_memory"] == W
+    net, _ = load_network(dst)
+    video = case_video(case)[:60]
+    assert_close(net.eval().forward_video(video)[0], model.forward_video(video)[0], rtol=0, atol=0)

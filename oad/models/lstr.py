@@ -244,8 +244,10 @@ class LSTR(OnlineModel):
 
     @staticmethod
     def recognises_reference(names: set[str]) -> bool:
-        # TeSTra's checkpoints have the same names: the converter then asks for arch=lstr|testra
-        return "feature_head_long.input_linear.0.weight" in names
+        # TeSTra's checkpoints have the same names: the converter then asks for arch=lstr|testra. MAT's and
+        # CMeRT's two-stream feature heads also have an input_linear (after visual_linear/motion_linear).
+        return ("feature_head_long.input_linear.0.weight" in names
+                and "feature_head_long.visual_linear.0.weight" not in names)
 
     def __init__(
         self,
