@@ -152,6 +152,9 @@ def test_from_reference_defaults_and_overrides(case, tmp_path):
     bad.write_text(case["config"]["yaml"].replace("LONG_MEMORY_USE_PE: False", "LONG_MEMORY_USE_PE: True"))
     with pytest.raises(NotImplementedError, match="LONG_MEMORY_USE_PE"):
         CMeRT.from_reference(case["state_dict"], config_file=bad)
+    bad.write_text(case["config"]["yaml"].replace("NUM_CLASSES: 22", "NUM_CLASSES: 31"))
+    with pytest.raises(ValueError, match="NUM_CLASSES 31"):
+        CMeRT.from_reference(case["state_dict"], config_file=bad)
     assert CMeRT.recognises_reference(set(case["state_dict"]))
     assert not CMeRT.recognises_reference(set(case["state_dict"]) | {"fut_fusions.0.norm.weight"})
 

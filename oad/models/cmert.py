@@ -20,7 +20,8 @@ Faithful to the reference code (github.com/pangzhan27/CMeRT, ``models/cmert.py``
 ``BaseFeatureHead_mat``, THUMOS config ``cmert_long256_work4_kinetics_1x``): same layers and parameter names
 (``from_reference`` loads its state dict with no rename; 94,685,206 parameters at the THUMOS size), the
 work tokens' positional rows ``0 .. K+W-1`` and the anticipation queries' rows ``W .. W+A-1`` (the reference
-offsets them by ``W``, not ``K + W``, so two rows repeat), the first ``A`` of the ``F`` final queries as
+offsets them by ``W``, not ``K + W``: the first ``K`` anticipation queries share the positions of the last
+``K`` work tokens), the first ``A`` of the ``F`` final queries as
 anticipation queries, nearest-neighbour interpolation of the future tokens, and the reference test sampler
 of the long memory (:meth:`oad.models.testra.TeSTra.long_memory_indices`, the same sampler: newest sample
 ``ws - 4``, left padding with chunk 0 whose last slot stays unmasked when chunk 0 is not on the grid).
@@ -365,7 +366,12 @@ class CMeRT(LSTR):
         if "pos_encoding.pe" in sd:
             kwargs["max_len"] = sd["pos_encoding.pe"].shape[0]
         if config_file is not None:
-            kwargs.update(reference_yaml_config(config_file))
+            from_file = reference_yaml_config(config_file)
+            classes = from_file.pop("num_classes", kwargs["num_classes"])
+            if classes != kwargs["num_classes"]:
+                raise ValueError(f"{config_file}: DATA.NUM_CLASSES {classes}, but the classifier has "
+                                 f"{kwargs['num_classes']} outputs")
+            kwargs.update(from_file)
         kwargs.update(overrides)
         return kwargs
 
@@ -386,16 +392,17 @@ class CMeRT(LSTR):
 
 
 def reference_yaml_config(path: str | Path) -> dict:
-    """The constructor arguments a reference YAML config sets (heads, dropout, lengths in chunks).
+    """The constructor arguments a reference YAML config sets (classes, heads, dropout, lengths in chunks).
 
-    Reads ``DATA.FPS`` (default 4) and ``MODEL.LSTR``; lengths are ``seconds x FPS`` divided by their sample
+    Reads ``DATA.FPS`` (default 4), ``DATA.NUM_CLASSES`` (where present) and ``MODEL.LSTR``; lengths are ``seconds x FPS`` divided by their sample
     rates, as the reference's ``assert_and_infer_cfg``. Settings this implementation does not build raise.
     """
     import yaml
 
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
-    fps = (cfg.get("DATA") or {}).get("FPS") or 4
+    data = cfg.get("DATA") or {}
+    fps = data.get("FPS") or 4
     lstr = (cfg.get("MODEL") or {}).get("LSTR") or {}
     for key, want in (("ACTIVATION", "relu"), ("LONG_MEMORY_USE_PE", False), ("WORK_MEMORY_USE_PE", True),
                       ("LONG_MEMORY_INCLUDE_WORK", True), ("FC_NORM", False), ("WORK_MEMORY_SAMPLE_RATE", 1),
@@ -403,7 +410,7 @@ def reference_yaml_config(path: str | Path) -> dict:
                       ("ANTICIPATION_SAMPLE_RATE", 1)):
         if lstr.get(key, want) != want:
             raise NotImplementedError(f"{path}: MODEL.LSTR.{key} = {lstr[key]!r} is not supported (only {want!r})")
-    out = {}
+    out = {"num_classes": int(data["NUM_CLASSES"])} if data.get("NUM_CLASSES") else {}
     if "NUM_HEADS" in lstr:
         out["num_heads"] = int(lstr["NUM_HEADS"])
     if "DROPOUT" in lstr:
