@@ -201,21 +201,39 @@ class CMeRT(LSTR):
         bias[n_work:, n_work:] = 0.0
         return bias
 
-    def generate(self, memory: Tensor) -> Tensor:
-        """Future tokens of the compressed memory alone: ``(B, M, d)`` -> ``(B, G, d)``."""
-        q = self.gen_query.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)  # (G, d) -> (B, G, d)
-        return self.gen_layer(q, memory)
+    def generation_constant(self) -> Tensor:
+        """``(G, d)``: the generation queries after the generation decoder's first self-attention block,
+        which depends on nothing else (a constant of the inference paths, as LSTR's ``stage_tgt``)."""
+        return self.gen_layer.layers[0].self_block(self.gen_query.weight.unsqueeze(0))[0]
 
-    def decode_window(self, h_work: Tensor, memory: Tensor) -> tuple[list[Tensor], Tensor]:
+    def generate(self, memory: Tensor, gen_tgt: Tensor | None = None) -> Tensor:
+        """Future tokens of the compressed memory alone: ``(B, M, d)`` -> ``(B, G, d)``.
+
+        ``gen_tgt``: :meth:`generation_constant`, to skip recomputing it (eval).
+        """
+        B = memory.shape[0]
+        if gen_tgt is None:
+            return self.gen_layer(self.gen_query.weight.unsqueeze(0).expand(B, -1, -1), memory)  # (G, d) -> (B, G, d)
+        x = self.gen_layer.layers[0].cross_block(gen_tgt.unsqueeze(0).expand(B, -1, -1), memory)
+        for layer in self.gen_layer.layers[1:]:
+            x = layer(x, memory)
+        return self.gen_layer.norm(x)
+
+    def decode_window(self, h_work: Tensor, memory: Tensor, gen_tgt: Tensor | None = None,
+                      last_rows: int | None = None) -> tuple[list[Tensor], Tensor]:
         """Work decoder and refinement of windows.
 
         Args:
             h_work: ``(B, K + n, d)`` work-head outputs of the context and work chunks, oldest first.
             memory: ``(B, M, d)`` compressed long memory.
+            gen_tgt: :meth:`generation_constant` (eval), or None.
+            last_rows: compute the last refinement pass for the last ``last_rows`` rows only (its queries;
+                the keys are every row, so those rows are exact).
 
         Returns:
             The outputs of each pass over the work and anticipation rows, ``[(B, n + A, d)] * (1 + refine)``
-            (first pass, then each refinement), and the future tokens ``(B, G, d)``.
+            (first pass, then each refinement; the last one ``(B, last_rows, d)`` with ``last_rows``), and
+            the future tokens ``(B, G, d)``.
         """
         B, Kn = h_work.shape[:2]
         K, M = self.context, memory.shape[1]
@@ -223,11 +241,17 @@ class CMeRT(LSTR):
         bias = self.window_bias(Kn, device=tokens.device, dtype=tokens.dtype)
         out = self.dec_modules(tokens, torch.cat((memory, tokens), dim=1), bias, F.pad(bias, (M, 0)))
         out, bias = out[:, K:], bias[K:, K:]  # the context rows are discarded
-        future = self.generate(memory)
+        future = self.generate(memory, gen_tgt)
         refine_bias = F.pad(bias, (M, future.shape[1]))  # [0 | causal | 0]
         passes = [out]
-        for fusion in self.work_fusions:
-            out = fusion(out, torch.cat((memory, out, future), dim=1), bias, refine_bias)
+        for i, fusion in enumerate(self.work_fusions):
+            total = torch.cat((memory, out, future), dim=1)
+            if last_rows is not None and i == len(self.work_fusions) - 1:
+                layer, q = fusion.layers[0], out[:, -last_rows:]  # one layer per refinement
+                q = layer.norm1(q + layer.dropout1(layer.self_attn(q, out, out, bias[-last_rows:])))
+                out = fusion.norm(layer.cross_block(q, total, refine_bias[-last_rows:]))
+            else:
+                out = fusion(out, total, bias, refine_bias)
             passes.append(out)
         return passes, future
 
@@ -272,18 +296,20 @@ class CMeRT(LSTR):
         offsets = torch.arange(-self.context - self.work_memory + 1, 1, device=t.device)
         return (t[:, None] + offsets).clamp(min=0)
 
-    def score_windows(self, h_work: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Refined logits of the last work chunk and of the anticipation rows of windows.
+    def score_windows(self, h_work: Tensor, memory: Tensor, gen_tgt: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Refined logits of the last work chunk and of the anticipation rows of windows (the last
+        refinement is computed for those ``1 + A`` rows only).
 
         Args:
             h_work: ``(B, K + n, d)`` work-head outputs of each window's context and work chunks.
             memory: ``(B, M, d)`` their compressed long memories.
+            gen_tgt: :meth:`generation_constant` (eval), or None.
 
         Returns:
             ``logits (B, C)`` of the last work chunk and ``future (B, A, C)``.
         """
-        passes, _ = self.decode_window(h_work, memory)
-        logits = self.classifier(passes[-1][:, -self.num_queries - 1:])  # (B, 1 + A, C)
+        passes, _ = self.decode_window(h_work, memory, gen_tgt, last_rows=self.num_queries + 1)
+        logits = self.classifier(passes[-1])  # (B, 1 + A, C)
         return logits[:, 0], logits[:, 1:]
 
     @torch.no_grad()
@@ -292,7 +318,8 @@ class CMeRT(LSTR):
 
         Chunk ``t`` is the last work row of the window ``max(0, t - W + 1) .. t`` (module docstring): the
         reference batch inference's detection scores. The feature heads and the first compression stage's
-        key/value projections run once per chunk; windows are batched.
+        key/value projections run once per chunk, the learned queries' first self-attention blocks once;
+        windows are batched.
 
         Args:
             features: ``(T, in_dim)`` chunk features of one video.
@@ -306,7 +333,7 @@ class CMeRT(LSTR):
         logits, future = features.new_zeros(T, C), features.new_zeros(T, A, C)
         if T == 0:
             return logits, future
-        consts = self.stage1_constants()
+        consts, gen_tgt = self.stage1_constants(), self.generation_constant()
         h_work = self.feature_head_work(features)  # (T, d), once per chunk
         scores, values = self.long_parts(self.feature_head_long(features), consts)  # (T, H, Q1), (T, d)
 
@@ -320,14 +347,14 @@ class CMeRT(LSTR):
             ctx = h_work[:1].expand(self.context, -1)
             for t in range(first):
                 h = torch.cat((ctx, h_work[:t + 1]))[None]  # (1, K + t + 1, d)
-                lg, fut = self.score_windows(h, memory)
+                lg, fut = self.score_windows(h, memory, gen_tgt)
                 logits[t], future[t] = lg[0], fut[0]
         if T >= W:
             if max_batch is None:
                 max_batch = max(1, (1 << 24) // (N * d))
             for start in range(W - 1, T, max_batch):
                 t = torch.arange(start, min(start + max_batch, T), device=features.device)
-                lg, fut = self.score_windows(h_work[self.window_chunks(t)], memory_of(t - W + 1))
+                lg, fut = self.score_windows(h_work[self.window_chunks(t)], memory_of(t - W + 1), gen_tgt)
                 logits[t], future[t] = lg, fut
         return logits, future
 
