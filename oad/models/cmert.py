@@ -1,5 +1,4 @@
-"""CMeRT: Context-enhanced Memory-Refined Transformer for online action detection (Pang et al., CVPR 2025,
-arXiv 2503.18359).
+"""CMeRT: Context-enhanced Memory-Refined Transformer for online action detection (Pang et al., CVPR 2025).
 
 An LSTR-style network (:mod:`oad.models.lstr`) with three additions:
 
@@ -21,10 +20,13 @@ Faithful to the reference code (github.com/pangzhan27/CMeRT, ``models/cmert.py``
 (``from_reference`` loads its state dict with no rename; 94,685,206 parameters at the THUMOS size), the
 work tokens' positional rows ``0 .. K+W-1`` and the anticipation queries' rows ``W .. W+A-1`` (the reference
 offsets them by ``W``, not ``K + W``: the first ``K`` anticipation queries share the positions of the last
-``K`` work tokens), the first ``A`` of the ``F`` final queries as
-anticipation queries, nearest-neighbour interpolation of the future tokens, and the reference test sampler
-of the long memory (:meth:`oad.models.testra.TeSTra.long_memory_indices`, the same sampler: newest sample
-``ws - 4``, left padding with chunk 0 whose last slot stays unmasked when chunk 0 is not on the grid).
+``K`` work tokens), the first ``A`` of the ``F`` final queries as anticipation queries (the other rows are
+built and never used), nearest-neighbour interpolation of the future tokens, the reference test sampler of
+the long memory (:meth:`oad.models.testra.TeSTra.long_memory_indices`, the same sampler: newest sample
+``ws - 4``, left padding with chunk 0 whose last slot stays unmasked when chunk 0 is not on the grid; chunk
+0 is never later than the scored chunk, so this is kept), and its training samples
+(:class:`oad.data.memory.ContextWindowDataset`: TeSTra's windows and ``linspace`` long memories, with the
+context chunks, anticipation targets and future targets of ``CMeRTBatchDataLayer``).
 
 Whole-video scoring (``forward_video``) scores chunk ``t`` from the window ending at ``t``: work chunks
 ``ws = max(0, t - W + 1) .. t``, the ``K`` chunks before ``ws`` (clipped at chunk 0, as the reference pads
