@@ -96,7 +96,8 @@ class CMeRT(LSTR):
     Args:
         in_dim: input feature size per chunk (RGB then flow, concatenated; 3072 on THUMOS).
         num_classes: classes including Background (and Ambiguous for THUMOS).
-        visual_dim: width of the RGB part of the input; default ``2 * in_dim // 3`` (THUMOS two-stream:
+        visual_dim: width of the RGB part of the input (training reads it from the data); default
+            ``2 * in_dim // 3`` (THUMOS two-stream:
             2048 RGB + 1024 flow).
         d_model: width (the feature heads' output size).
         num_heads: attention heads of every layer.

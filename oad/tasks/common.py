@@ -31,9 +31,12 @@ def build_datamodule(cfg: DictConfig) -> OadDataModule:
 
 
 def build_net_config(cfg: DictConfig, dm: OadDataModule) -> dict:
-    """The model's constructor config with the feature size and class count read from the data."""
+    """The model's constructor config with the feature size and class count read from the data, and for a
+    model that splits its input by stream (a ``visual_dim`` key left null) the width of the first stream."""
     net_config = OmegaConf.to_container(cfg.model, resolve=True)
     net_config.update(in_dim=dm.in_dim, num_classes=dm.num_classes)
+    if "visual_dim" in net_config and net_config["visual_dim"] is None and len(dm.stream_dims) == 2:
+        net_config["visual_dim"] = int(dm.stream_dims[0])
     return net_config
 
 
