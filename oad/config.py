@@ -37,6 +37,7 @@ VALUE_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("trainer.accumulate_grad_batches", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
     ("rate", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0 (chunks/s)"),
     ("batch_chunks", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    ("checkpoint.test_weights", lambda v: v in ("final", "best"), "final or best"),
 )
 
 

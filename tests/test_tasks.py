@@ -134,6 +134,35 @@ def test_last_ckpt_holds_the_final_weights_when_the_last_epoch_is_not_the_best(t
     assert written["mAP"] == written["headline"]["mAP"] == result["metrics"]["mAP"]
 
 
+def test_early_stopping_tests_the_best_validation_epoch(tmp_path):
+    """checkpoint.test_weights=best: the test scores best.ckpt (chosen on validation), not the final
+    weights, and metrics.json says which epoch it was; evaluating best.ckpt gives the same figure."""
+    run = tmp_path / "run"
+    worse = _WorseLastEpoch()
+    cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+                                "checkpoint.every_n_train_steps=0", "checkpoint.select_best=true",
+                                "checkpoint.test_weights=best"], run)
+    result = train(cfg, callbacks=[worse])
+    best_epoch = max(range(3), key=lambda e: worse.val[e])
+    assert best_epoch < 2, worse.val  # the scrambled last epoch is not the best
+    tested = result["metrics"]["tested"]
+    assert tested["weights"] == "best" and tested["epoch"] == best_epoch
+    assert tested["val/mAP"] == pytest.approx(worse.val[best_epoch], abs=1e-6)
+    ecfg = compose_cfg("eval", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer=cpu",
+                                "trainer.enable_progress_bar=false"], tmp_path / "eval")
+    assert evaluate(ecfg)["metrics"]["mAP"] == pytest.approx(result["metrics"]["mAP"], abs=1e-9)
+    last = compose_cfg("eval", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer=cpu",
+                                "trainer.enable_progress_bar=false"], tmp_path / "eval_last")
+    assert evaluate(last)["metrics"]["mAP"] != pytest.approx(result["metrics"]["mAP"], abs=1e-6)
+
+
+def test_best_test_weights_need_best_checkpoint_selection(tmp_path):
+    cfg = compose_cfg("train", [*TINY, "checkpoint.test_weights=best"], tmp_path)
+    with pytest.raises(ValueError, match=r"test_weights=best needs checkpoint.select_best=true"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()  # refused before training
+
+
 def test_no_checkpoint_is_picked_on_a_metric_by_default(tmp_path):
     cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=2", "test=false"],
                       tmp_path)

@@ -1,6 +1,7 @@
 """``train(cfg)``: data -> model (feature sizes read from the data) -> LightningModule -> Trainer.fit ->
-test of the final weights on every chunk of every test video -> ``metrics.json`` and ``predictions.pkl``
-in the run directory.
+test on every chunk of every test video -> ``metrics.json`` and ``predictions.pkl`` in the run directory.
+The test scores the final weights, or with ``checkpoint.test_weights=best`` the epoch with the best
+validation metric (``best.ckpt``: early stopping on a real validation split; ``metrics.json`` says which).
 
 The trainer's callbacks and loggers are the ``callbacks`` and ``logger`` config groups, instantiated
 entry by entry. By default (``configs/callbacks/default.yaml``, :mod:`oad.callbacks`) checkpoints go to
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from oad.callbacks import AtomicCheckpointIO, LastCheckpoint
+from oad.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
 from oad.checkpoint import check_resume_checkpoint
 from oad.io import write_json, write_predictions
 from oad.models.base import count_parameters
@@ -49,7 +51,7 @@ def instantiate_entries(node: DictConfig | None) -> list[Any]:
 
 
 def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
-    """Train, then test the final weights. Returns ``{'metrics': ..., 'output_dir': ..., 'ckpt': ...}``.
+    """Train, then test the final (or best-on-validation) weights. Returns ``{'metrics': ..., 'output_dir': ..., 'ckpt': ...}``.
 
     ``callbacks`` are added to the trainer's (e.g. a throughput meter). The run folder is held for the
     whole run (:mod:`oad.runlock`), before anything is built.
@@ -87,6 +89,11 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
 
     key = metric_key(dm.metric)
     configured = instantiate_entries(cfg.get("callbacks"))
+    test_weights = (cfg.get("checkpoint") or {}).get("test_weights", "final")
+    best_cb = next((c for c in configured if isinstance(c, BestCheckpoint)), None)
+    if test_weights == "best" and (best_cb is None or not dm.splits["val"]):
+        raise ValueError("checkpoint.test_weights=best needs checkpoint.select_best=true and a validation split "
+                         "(data.val_split)")
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=instantiate_entries(cfg.get("logger")) or False,
         default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
@@ -101,7 +108,15 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
     last = next((c.path for c in configured if isinstance(c, LastCheckpoint)), None)
     result: dict[str, Any] = {"output_dir": str(output_dir), "ckpt": str(last) if last else None}
     if cfg.get("test", True):
-        trainer.test(lit, datamodule=dm)
+        tested = {"weights": "final", "epoch": int(trainer.current_epoch) - 1}
+        if test_weights == "best":
+            # early stopping: the epoch with the best validation metric, chosen on the validation split only
+            best_score = best_cb.best_model_score
+            trainer.test(lit, datamodule=dm, ckpt_path=best_cb.best_model_path, weights_only=False)
+            best_epoch = torch.load(best_cb.best_model_path, map_location="cpu", weights_only=False)["epoch"]
+            tested = {"weights": "best", "epoch": int(best_epoch), best_cb.monitor: float(best_score)}
+        else:
+            trainer.test(lit, datamodule=dm)
         if trainer.is_global_zero:
             metrics = {
                 "task": "train",
@@ -111,6 +126,7 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
                 "metric": key,
                 key: lit.test_results["all"][key],
                 "headline": {"protocol": "all", key: lit.test_results["all"][key]},
+                "tested": tested,
                 "protocols": lit.test_results,
             }
             write_json(output_dir / "metrics.json", metrics)
