@@ -183,3 +183,29 @@ def test_training_rows_are_causal(case):
         changed = dict(batch, features=torch.cat([work_x[:, :5], torch.randn_like(work_x[:, 5:])], dim=1))
         moved, _ = model.training_logits(changed)
     assert torch.equal(moved[:, :5], logits[:, :5]) and not torch.allclose(moved[:, 5:], logits[:, 5:])
+
+
+def test_reference_config_of_the_thumos_file_is_the_model_config(tmp_path):
+    """The reference's THUMOS MAT settings, written in its schema, give configs/model/mat.yaml; DATA.FPS scales
+    the memories."""
+    from oad.models import registry
+
+    lstr = {"NUM_HEADS": 4, "DIM_FEEDFORWARD": 1024, "DROPOUT": 0.0, "ACTIVATION": "gelu",
+            "LONG_MEMORY_SECONDS": 256, "LONG_MEMORY_SAMPLE_RATE": 4, "WORK_MEMORY_SECONDS": 8,
+            "WORK_MEMORY_SAMPLE_RATE": 1, "FUTURE_SECONDS": 12, "ANTICIPATION_SECONDS": 2, "GROUPS": 8, "CCI_TIMES": 2}
+    cfg = tmp_path / "mat_thumos.yaml"
+    cfg.write_text(yaml.safe_dump({"DATA": {"DATA_NAME": "THUMOS"}, "MODEL": {"LSTR": lstr}}))
+    with torch.device("meta"):
+        sd = MAT(in_dim=3072).state_dict()
+    kw = MAT.reference_config(sd, cfg)
+    assert (kw["in_dim"], kw["visual_dim"], kw["num_classes"]) == (3072, 2048, 22)
+    assert {k: kw[k] for k in registry.get("mat").config} == registry.get("mat").config
+    cfg.write_text(yaml.safe_dump({"DATA": {"FPS": 8}, "MODEL": {"LSTR": lstr}}))
+    kw = MAT.reference_config(sd, cfg)
+    assert (kw["long_memory"], kw["work_memory"], kw["anticipation"]) == (2048, 64, 16)
+
+
+def test_groups_that_could_be_all_padding_are_refused():
+    with pytest.raises(ValueError, match="fewer than"):
+        MAT(in_dim=24, d_model=16, num_heads=2, long_memory=32, long_stride=4, groups=4)  # 4 groups of 2 tokens
+    MAT(in_dim=24, d_model=16, num_heads=2, long_memory=64, long_stride=4, groups=4)  # 4 groups of 4 tokens

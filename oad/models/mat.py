@@ -40,7 +40,9 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
   per window, the last work row of every stage and the first pass's rows (which are causal), see there.
 - **Streaming equals the offline scoring** (:mod:`oad.online.mat`). The reference's stream mode is LSTR's,
   without the refinement, the groups or the top-k: it cannot reproduce its own batch results.
-- Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN).
+- Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN), and
+  groups of fewer tokens than there are groups are refused (a grouped window's first group could be all
+  padding: NaN scores in the reference).
 - Inputs are the concatenated chunk features (RGB then flow, ``in_dim``, split at ``visual_dim``).
 - Only the reference's THUMOS layout is built: ``ENC_MODULE [[Q, n, True], [-1, m, True]]``, decoders and
   encoder with final LayerNorms, ``cci_times >= 2``, work and anticipation sample rate 1.
@@ -283,6 +285,10 @@ class MAT(OnlineModel):
         num_long = long_memory // long_stride
         if groups and num_long % groups:
             raise ValueError(f"{num_long} long-memory tokens do not split into {groups} groups")
+        if groups and num_long // groups < groups:
+            # a window with up to groups - 1 padded slots is grouped: its first group could be all padding
+            # (the reference's scores are then NaN)
+            raise ValueError(f"groups of {num_long // groups} tokens are fewer than the {groups} groups")
         if not 0 < anticipation <= future_steps:
             raise ValueError(f"need 0 < anticipation <= future_steps, got {anticipation}, {future_steps}")
         if cci_times < 2:
