@@ -81,6 +81,11 @@ def test_reference_forward_per_sample_rule_is_the_reference_at_batch_size_1(case
         for b in range(4):
             alone = model(long_x[b:b + 1], work_x[b:b + 1], mask[b:b + 1])
             assert_close(alone.work[-1][0], out.work[-1][b], **TOL)
+        # the inference path: per-chunk keys and values, the learned queries' constant blocks
+        keys, values = model.long_kv(model.feature_head_long(long_x))
+        work = model.pos_encoding(model.feature_head_work(work_x), 0)
+        assert_stages(model.forward_kv(keys, values, mask == 0, work, model.inference_constants()),
+                      case["outputs"]["single_work_logits"], case["outputs"]["single_future_logits"])
     moved = (case["outputs"]["work_logits"][-1] - case["outputs"]["single_work_logits"][-1]).abs().amax(dim=(1, 2))
     assert moved[1] == 0 and (moved[[0, 2, 3]] > 1e-2).all()
 

@@ -87,24 +87,35 @@ def keep_top(logits: Tensor, k: int) -> Tensor:
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, L, d)`` -> ``(B, H, L, d/H)``."""
+    B, L, d = x.shape
+    return x.reshape(B, L, num_heads, d // num_heads).transpose(1, 2)
+
+
+def topk_attend(q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor | None = None, dropout: float = 0.0) -> Tensor:
+    """Top-k attention of projected heads: ``q (B, H, Lq, hd)`` (already scaled), ``k``, ``v`` ``(B, H, S, hd)``,
+    an additive bias broadcastable to ``(B, H, Lq, S)`` -> ``(B, Lq, H * hd)`` (before the output projection)."""
+    B, H, Lq, hd = q.shape
+    logits = q @ k.transpose(-1, -2)  # (B, H, Lq, S)
+    if attn_bias is not None:
+        logits = logits + attn_bias
+    weights = torch.softmax(keep_top(logits, kept_keys(k.shape[2])), dim=-1)
+    if dropout:
+        weights = F.dropout(weights, dropout)
+    return (weights @ v).transpose(1, 2).reshape(B, Lq, H * hd)  # (B, H, Lq, hd) -> (B, Lq, d)
+
+
 class TopKAttention(MultiheadAttention):
     """LSTR's attention (same parameters) keeping only the top 75% of the keys of each query
     (:func:`kept_keys`); the additive mask is applied before the cut-off, as in the reference."""
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_bias: Tensor | None = None) -> Tensor:
-        B, Lq, d = query.shape
-        S, H = key.shape[1], self.num_heads
+        H = self.num_heads
         (wq, bq), (wk, bk), (wv, bv) = self.projections()
-        # (B, L, d) -> (B, H, L, d/H)
-        q = (F.linear(query, wq, bq) * (d // H) ** -0.5).reshape(B, Lq, H, d // H).transpose(1, 2)
-        k = F.linear(key, wk, bk).reshape(B, S, H, d // H).transpose(1, 2)
-        v = F.linear(value, wv, bv).reshape(B, S, H, d // H).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2)  # (B, H, Lq, S)
-        if attn_bias is not None:
-            logits = logits + attn_bias
-        weights = torch.softmax(keep_top(logits, kept_keys(S)), dim=-1)
-        weights = F.dropout(weights, self.dropout, self.training)
-        return self.out_proj((weights @ v).transpose(1, 2).reshape(B, Lq, d))  # (B, H, Lq, d/H) -> (B, Lq, d)
+        q = split_heads(F.linear(query, wq, bq) * (query.shape[-1] // H) ** -0.5, H)
+        k, v = split_heads(F.linear(key, wk, bk), H), split_heads(F.linear(value, wv, bv), H)
+        return self.out_proj(topk_attend(q, k, v, attn_bias, self.dropout if self.training else 0.0))
 
 
 class TopKDecoderLayer(DecoderLayer):
@@ -195,6 +206,31 @@ class MATOutput(NamedTuple):
 
     work: list[Tensor]
     future: list[Tensor]
+
+
+class Constants(NamedTuple):
+    """Input-independent pieces of the inference paths (eval: no dropout), computed once.
+
+    Attributes:
+        enc_tgt: ``(Q, d)`` the compression queries after their self-attention block.
+        enc_q: ``(H, Q, d/H)`` their cross-attention query projections, scaled by ``(d/H)^-1/2``.
+        gen_tgt: ``(Qg, d)`` the generation queries after the first generation layer's self-attention block.
+        fut_tgt: ``(F, d)`` the future queries after the first future fusion's self-attention block.
+    """
+
+    enc_tgt: Tensor
+    enc_q: Tensor
+    gen_tgt: Tensor
+    fut_tgt: Tensor
+
+
+def decode_from(decoder: Decoder, tgt: Tensor, memory: Tensor) -> Tensor:
+    """``decoder(queries, memory)`` (no masks) given ``tgt (B, Q, d)``, its first layer's self-attention block
+    of the queries (a constant for learned queries)."""
+    x = decoder.layers[0].cross_block(tgt, memory)
+    for layer in decoder.layers[1:]:
+        x = layer(x, memory)
+    return decoder.norm(x)
 
 
 #: The reference config defaults (``config/defaults.py``) and the THUMOS MAT config where the tensors do not
@@ -335,36 +371,51 @@ class MAT(OnlineModel):
             padded = padded.sum().expand_as(padded)
         return (padded < self.groups) if self.groups else torch.zeros_like(padded, dtype=torch.bool)
 
-    def compress(self, long_tokens: Tensor, valid: Tensor, grouped: bool) -> Tensor:
-        """Long tokens ``(B, N, d)`` and their validity ``(B, N)`` -> memory ``(B, M, d)``: ``M = groups``
-        (each group compressed by the queries and averaged) or the number of queries (all ``N`` at once),
-        then the encoder."""
-        B, N, d = long_tokens.shape
-        bias = torch.zeros(valid.shape, dtype=long_tokens.dtype, device=valid.device).masked_fill(~valid, float("-inf"))
-        queries = self.enc_queries[0].weight
+    def group_view(self, x: Tensor, grouped: bool) -> Tensor:
+        """``(B, N, ...)`` long-memory rows -> ``(B * groups, N / groups, ...)`` if ``grouped`` (group-major per
+        sample), else ``x``."""
+        if not grouped:
+            return x
+        return x.reshape(x.shape[0] * self.groups, x.shape[1] // self.groups, *x.shape[2:])
+
+    def key_bias(self, valid: Tensor, grouped: bool, dtype: torch.dtype) -> Tensor:
+        """Additive padding bias ``(b, 1, 1, S)`` of the compression's keys (``b``, ``S`` as :meth:`group_view`)."""
+        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, float("-inf"))
+        return self.group_view(bias, grouped)[:, None, None, :]
+
+    def encode(self, compressed: Tensor, batch: int, grouped: bool) -> Tensor:
+        """The compression's output ``(b, Q, d)`` -> memory ``(batch, M, d)``: grouped, each group's ``Q`` tokens
+        averaged to one (``M = groups``), else ``M = Q``; then the encoder."""
         if grouped:
-            G = self.groups
-            x = long_tokens.reshape(B * G, N // G, d)  # (B, N, d) -> (B*G, N/G, d), group-major per sample
-            bias = bias.reshape(B * G, 1, 1, N // G)
-            out = self.enc_modules[0](queries.expand(B * G, -1, -1), x, memory_bias=bias)  # (B*G, Q, d)
-            memory = out.mean(dim=1).reshape(B, G, d)  # one token per group
-        else:
-            memory = self.enc_modules[0](queries.expand(B, -1, -1), long_tokens, memory_bias=bias[:, None, None, :])
-        return self.enc_modules[1](memory)
+            compressed = compressed.mean(dim=1).reshape(batch, self.groups, -1)  # one token per group
+        return self.enc_modules[1](compressed)
+
+    def compress(self, long_tokens: Tensor, valid: Tensor, grouped: bool) -> Tensor:
+        """Long tokens ``(B, N, d)`` and their validity ``(B, N)`` -> memory ``(B, M, d)``: the ``N`` tokens
+        compressed by the learned queries in ``groups`` groups or all at once (:meth:`encode`)."""
+        x = self.group_view(long_tokens, grouped)
+        queries = self.enc_queries[0].weight.expand(x.shape[0], -1, -1)
+        out = self.enc_modules[0](queries, x, memory_bias=self.key_bias(valid, grouped, x.dtype))
+        return self.encode(out, long_tokens.shape[0], grouped)
 
     def anticipation_tokens(self, batch: int) -> Tensor:
         """The anticipation queries with their positions ``W .. W+A-1``: ``(batch, A, d)``."""
         antic = self.final_query.weight[: self.num_queries].expand(batch, -1, -1)
         return self.pos_encoding(antic, self.work_memory)
 
-    def refine(self, memory: Tensor, work_tokens: Tensor) -> MATOutput:
-        """Decoder and circular interaction: ``memory (B, M, d)``, work tokens with positions ``(B, W', d)``."""
+    def refine(self, memory: Tensor, work_tokens: Tensor, consts: Constants | None = None) -> MATOutput:
+        """Decoder and circular interaction: ``memory (B, M, d)``, work tokens with positions ``(B, W', d)``;
+        with ``consts`` (eval) the learned queries' first self-attention blocks are taken from there."""
         B, M = memory.shape[:2]
         x = torch.cat((work_tokens, self.anticipation_tokens(B)), dim=1)  # (B, L = W' + A, d)
         L = x.shape[1]
         causal = causal_bias(L, device=x.device, dtype=x.dtype)
         output = self.dec_modules(x, memory, causal)
-        future = self.gen_layer(self.gen_query.weight.expand(B, -1, -1), torch.cat((memory, output), dim=1))
+        history = torch.cat((memory, output), dim=1)
+        if consts is None:
+            future = self.gen_layer(self.gen_query.weight.expand(B, -1, -1), history)
+        else:
+            future = decode_from(self.gen_layer, consts.gen_tgt.expand(B, -1, -1), history)
         futures, works = [future], [output]
         for i in range(self.cci_times):
             # work tokens attend to [memory | themselves causally | the future tokens]
@@ -372,8 +423,11 @@ class MAT(OnlineModel):
             output = self.work_fusions[i](output, torch.cat((memory, output, future), dim=1), causal, memory_bias)
             works.append(output)
             total = torch.cat((memory, output, future), dim=1)
-            if i == 0:
+            if i == 0 and consts is None:
                 future = self.fut_fusions[0](self.final_query.weight.expand(B, -1, -1), total)
+                futures.append(future)
+            elif i == 0:
+                future = decode_from(self.fut_fusions[0], consts.fut_tgt.expand(B, -1, -1), total)
                 futures.append(future)
             elif i != self.cci_times - 1:
                 fut_causal = causal_bias(future.shape[1], device=x.device, dtype=x.dtype)
@@ -385,19 +439,11 @@ class MAT(OnlineModel):
             [self.classifier(first)] + [self.classifier(f) for f in futures[1:]],
         )
 
-    def forward_tokens(self, long_tokens: Tensor, valid: Tensor, work_tokens: Tensor) -> MATOutput:
-        """The network after the feature heads, each sample on its grouping path.
-
-        Args:
-            long_tokens: ``(B, N, d)`` long-head outputs (no positions).
-            valid: ``(B, N)`` bool, True on real long-memory tokens.
-            work_tokens: ``(B, W', d)`` work-head outputs with their positions.
-        """
-        grouped = self.grouped(valid)
+    def by_path(self, grouped: Tensor, run) -> MATOutput:
+        """``run(rows, grouped_or_not) -> MATOutput`` on the samples of each grouping path, merged in order."""
         if bool(grouped.all()) or not bool(grouped.any()):
-            return self.refine(self.compress(long_tokens, valid, bool(grouped[0])), work_tokens)
-        parts = [(rows, self.refine(self.compress(long_tokens[rows], valid[rows], g), work_tokens[rows]))
-                 for g, rows in ((True, grouped), (False, ~grouped))]
+            return run(slice(None), bool(grouped[0]))
+        parts = [(rows, run(rows, g)) for g, rows in ((True, grouped), (False, ~grouped))]
 
         def merge(i: int, name: str) -> Tensor:
             first = getattr(parts[0][1], name)[i]
@@ -408,6 +454,17 @@ class MAT(OnlineModel):
 
         return MATOutput([merge(i, "work") for i in range(self.cci_times + 1)],
                          [merge(i, "future") for i in range(self.cci_times)])
+
+    def forward_tokens(self, long_tokens: Tensor, valid: Tensor, work_tokens: Tensor) -> MATOutput:
+        """The network after the feature heads, each sample on its grouping path.
+
+        Args:
+            long_tokens: ``(B, N, d)`` long-head outputs (no positions).
+            valid: ``(B, N)`` bool, True on real long-memory tokens.
+            work_tokens: ``(B, W', d)`` work-head outputs with their positions.
+        """
+        return self.by_path(self.grouped(valid), lambda rows, g: self.refine(
+            self.compress(long_tokens[rows], valid[rows], g), work_tokens[rows]))
 
     def forward(self, long_x: Tensor, work_x: Tensor, long_mask: Tensor | None = None) -> MATOutput:
         """Reference forward: every stage's logits of a batch of windows.
@@ -449,13 +506,53 @@ class MAT(OnlineModel):
         ``work_start (K,)``: the reference test sampler (LSTR's, :func:`oad.models.lstr.memory_indices`)."""
         return memory_indices(work_start, self.num_long, self.long_memory, self.long_stride)
 
-    def score_windows(self, h_long: Tensor, h_work: Tensor, ends: Tensor, length: int) -> MATOutput:
-        """Windows of ``length`` chunks ending at chunks ``ends (K,)`` of one video, from its head outputs
-        ``h_long``, ``h_work`` ``(T, d)``: each window's long memory is that of its start."""
+    # -- inference (eval): per-chunk keys and values, constant queries ------------------------------------------
+    def inference_constants(self) -> Constants:
+        """The learned queries' input-independent terms (see :class:`Constants`); eval only."""
+        if len(self.enc_modules[0].layers) != 1:
+            raise NotImplementedError("the inference paths need a single-layer compression")
+        layer = self.enc_modules[0].layers[0]
+        enc_tgt = layer.self_block(self.enc_queries[0].weight[None])  # (1, Q, d)
+        (wq, bq), _, _ = layer.multihead_attn.projections()
+        enc_q = split_heads(F.linear(enc_tgt, wq, bq) * (self.d_model // self.num_heads) ** -0.5, self.num_heads)
+        return Constants(
+            enc_tgt[0], enc_q[0],
+            self.gen_layer.layers[0].self_block(self.gen_query.weight[None])[0],
+            self.fut_fusions[0].layers[0].self_block(self.final_query.weight[None])[0],
+        )
+
+    def long_kv(self, h_long: Tensor) -> tuple[Tensor, Tensor]:
+        """The compression's keys and values of long-head outputs ``(..., d)``: a chunk's are the same in every
+        window (no positions on the long memory), so they are computed once per chunk."""
+        _, (wk, bk), (wv, bv) = self.enc_modules[0].layers[0].multihead_attn.projections()
+        return F.linear(h_long, wk, bk), F.linear(h_long, wv, bv)
+
+    def compress_kv(self, keys: Tensor, values: Tensor, valid: Tensor, grouped: bool, consts: Constants) -> Tensor:
+        """:meth:`compress` from the long tokens' keys and values ``(B, N, d)`` (:meth:`long_kv`) and the
+        constant queries; eval only."""
+        layer, H = self.enc_modules[0].layers[0], self.num_heads
+        k, v = split_heads(self.group_view(keys, grouped), H), split_heads(self.group_view(values, grouped), H)
+        attn = topk_attend(consts.enc_q.expand(k.shape[0], -1, -1, -1), k, v,
+                           self.key_bias(valid, grouped, keys.dtype))  # (b, Q, d)
+        x = layer.norm2(consts.enc_tgt + layer.multihead_attn.out_proj(attn))  # the rest of cross_block
+        x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        return self.encode(self.enc_modules[0].norm(x), keys.shape[0], grouped)
+
+    def forward_kv(self, keys: Tensor, values: Tensor, valid: Tensor, work_tokens: Tensor,
+                   consts: Constants) -> MATOutput:
+        """:meth:`forward_tokens` from the long tokens' keys and values (:meth:`long_kv`); eval only."""
+        return self.by_path(self.grouped(valid), lambda rows, g: self.refine(
+            self.compress_kv(keys[rows], values[rows], valid[rows], g, consts), work_tokens[rows], consts))
+
+    def score_windows(self, kv: tuple[Tensor, Tensor], h_work: Tensor, ends: Tensor, length: int,
+                      consts: Constants) -> MATOutput:
+        """Windows of ``length`` chunks ending at chunks ``ends (K,)`` of one video, from its long keys and
+        values ``kv`` and work-head outputs ``h_work`` ``(T, d)``: each window's long memory is that of its
+        start."""
         starts = ends - length + 1
         idx, valid = self.long_memory_indices(starts)  # (K, N)
         work = h_work[starts[:, None] + torch.arange(length, device=ends.device)]  # (K, length, d)
-        return self.forward_tokens(h_long[idx], valid, self.pos_encoding(work, 0))
+        return self.forward_kv(kv[0][idx], kv[1][idx], valid, self.pos_encoding(work, 0), consts)
 
     @torch.no_grad()
     def forward_video(self, features: Tensor, reference_rows: bool = False,
@@ -480,20 +577,21 @@ class MAT(OnlineModel):
         logits, future = features.new_zeros(T, C), features.new_zeros(T, A, C)
         if T == 0:
             return logits, future
-        h_long = self.feature_head_long(features)  # (T, d), once per chunk
+        consts = self.inference_constants()
+        kv = self.long_kv(self.feature_head_long(features))  # (T, d) each, once per chunk
         h_work = self.feature_head_work(features)
         for t in range(min(W - 1, T)):  # shorter first windows, one length each
-            out = self.score_windows(h_long, h_work, torch.tensor([t], device=features.device), t + 1).work[-1]
+            out = self.score_windows(kv, h_work, torch.tensor([t], device=features.device), t + 1, consts).work[-1]
             logits[t], future[t] = out[0, t], out[0, t + 1:]
         batch = max_batch or 64
         for start in range(W - 1, T, batch):
             ends = torch.arange(start, min(start + batch, T), device=features.device)
-            out = self.score_windows(h_long, h_work, ends, W).work[-1]  # (K, W + A, C)
+            out = self.score_windows(kv, h_work, ends, W, consts).work[-1]  # (K, W + A, C)
             logits[ends], future[ends] = out[:, W - 1], out[:, W:]
         if reference_rows:
             first = min(W, T)
-            logits[:first] = self.score_windows(
-                h_long, h_work, torch.tensor([first - 1], device=features.device), first).work[-1][0, :first]
+            ends = torch.tensor([first - 1], device=features.device)
+            logits[:first] = self.score_windows(kv, h_work, ends, first, consts).work[-1][0, :first]
         return logits, future
 
     # -- reference checkpoints -------------------------------------------------------------------------------

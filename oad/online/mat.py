@@ -5,16 +5,21 @@ row of the last refinement of the window ``ws = max(0, t - W + 1) .. t`` with th
 (:meth:`MAT.long_memory_indices`), grouped or not by the window's own padding (the per-sample rule); its
 anticipation rows are the future logits.
 
-What is kept per stream: the long feature head's output of the last ``L + W`` chunks (the chunks a window's
-long memory may use) and the work head's output of the last ``W`` chunks, so each chunk goes through the
-two feature heads once.
+What is kept per stream: for each of the last ``L + W`` chunks (those a window's long memory may use) the
+compression's key and value of the chunk (the long memory has no positional encoding, so a chunk's key and
+value are the same in every window), and the work head's output of the last ``W`` chunks. So each chunk goes
+through the feature heads and the key/value projections once. Kept once for all streams: the learned queries'
+first self-attention blocks (compression, generation, first future fusion) and the compression queries'
+projections (:class:`oad.models.mat.Constants`).
 
-What is recomputed every step: everything after the feature heads, for the one window ending at ``t``
-(the long-memory compression of all ``N`` gathered tokens, the encoder, the work decoder, the future
-generation and the circular refinements). Nothing cheaper is exact: the top-k attention's kept set depends
-on every key of a query, the memory groups move with the window start, and every work token changes
-position each step. This is a plain re-encode of one window per chunk minus the feature heads of its
-``N + W`` chunks; its cost does not depend on the video length.
+What is recomputed every step, for the one window ending at ``t``: the compression's attention over the ``N``
+gathered keys (top-k per query, in groups or not) and the rest of its layer, the encoder, the work decoder,
+the future generation and the circular refinements. Nothing more is exact to cache: the top-k attention's
+kept set depends on every key of a query, the groups move with the window start, and every work token
+changes position each step. At the THUMOS size (float32, one CPU thread of a shared machine) a step is
+6.3 GFLOP per chunk and stream, 125 ms at batch 1 (1.4 s for 16 streams); a plain re-encode of the window
+(``MAT.forward`` on its ``N + W`` chunks) is 11.2 GFLOP, 196 ms; caching only the feature heads' outputs,
+8.3 GFLOP.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ class MATStep(OnlineStep):
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)
         self.ring = self.net.long_memory + self.net.work_memory  # chunks a window's long memory may use
+        with torch.no_grad():
+            self.consts = self.net.inference_constants()
         self.n = 0
 
     def start(self, n: int) -> None:
         net, kw = self.net, {"device": self.device, "dtype": self.dtype}
         self.n, self.t = n, 0
-        self.long = torch.zeros(n, self.ring, net.d_model, **kw)  # long-head outputs, chunk c at c % ring
+        self.keys = torch.zeros(n, self.ring, net.d_model, **kw)  # compression keys, chunk c at c % ring
+        self.values = torch.zeros(n, self.ring, net.d_model, **kw)
         self.work = torch.zeros(n, net.work_memory, net.d_model, **kw)  # work-head outputs, chunk c at c % W
 
     @torch.no_grad()
@@ -50,14 +58,14 @@ class MATStep(OnlineStep):
         net, t, W = self.net, self.t, self.net.work_memory
         if x.shape[0] != self.n:
             raise ValueError(f"expected {self.n} streams, got {x.shape[0]}")
-        self.long[:, t % self.ring] = net.feature_head_long(x)
+        self.keys[:, t % self.ring], self.values[:, t % self.ring] = net.long_kv(net.feature_head_long(x))
         self.work[:, t % W] = net.feature_head_work(x)
         ws = max(0, t - W + 1)
         idx, valid = net.long_memory_indices(torch.tensor([ws]))  # (1, N)
-        long_tokens = self.long[:, (idx[0] % self.ring).to(self.device)]  # (n, N, d)
+        slots = (idx[0] % self.ring).to(self.device)
         work = self.work[:, torch.arange(ws, t + 1, device=self.device) % W]  # (n, t - ws + 1, d)
-        out = net.forward_tokens(long_tokens, valid.to(self.device).expand(self.n, -1),
-                                 net.pos_encoding(work, 0)).work[-1]  # (n, t - ws + 1 + A, C)
+        out = net.forward_kv(self.keys[:, slots], self.values[:, slots], valid.to(self.device).expand(self.n, -1),
+                             net.pos_encoding(work, 0), self.consts).work[-1]  # (n, t - ws + 1 + A, C)
         self.t += 1
         last = t - ws
         return out[:, last], out[:, last + 1:]
