@@ -214,3 +214,18 @@ def test_groups_that_could_be_all_padding_are_refused():
     with pytest.raises(ValueError, match="fewer than"):
         MAT(in_dim=24, d_model=16, num_heads=2, long_memory=32, long_stride=4, groups=4)  # 4 groups of 2 tokens
     MAT(in_dim=24, d_model=16, num_heads=2, long_memory=64, long_stride=4, groups=4)  # 4 groups of 4 tokens
+
+
+def test_the_converter_reads_a_reference_checkpoint(case, tmp_path):
+    """A reference checkpoint file is recognised as MAT from its names alone and converted to one the tools
+    load, with the same scores."""
+    from oad.checkpoint import convert_reference_checkpoint, load_network
+
+    src, dst = tmp_path / "mat_ref.pth", tmp_path / "mat.ckpt"
+    torch.save({"epoch": 3, "model_state_dict": case["state_dict"]}, src)
+    info = convert_reference_checkpoint(src, dst, **SMALL)
+    assert info["model"] == "MAT" and info["data_info"]["ignore_index"] == 21
+    net, _ = load_network(dst)
+    video = case_video(case)[:40]
+    assert_close(net.eval().forward_video(video)[0], MAT.from_reference(case["state_dict"], **SMALL).eval()
+                 .forward_video(video)[0], **TOL)

@@ -284,8 +284,10 @@ class LSTR(OnlineModel):
 
     @staticmethod
     def recognises_reference(names: set[str]) -> bool:
-        # TeSTra's checkpoints have the same names: the converter then asks for arch=lstr|testra
-        return "feature_head_long.input_linear.0.weight" in names
+        # TeSTra's checkpoints have the same names: the converter then asks for arch=lstr|testra; forks with
+        # two-stream heads (MAT: ``visual_linear``) are not LSTR's
+        return ("feature_head_long.input_linear.0.weight" in names
+                and "feature_head_long.visual_linear.0.weight" not in names)
 
     def __init__(
         self,

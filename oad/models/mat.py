@@ -36,8 +36,11 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
   anticipation queries at their positions ``W .. W+A-1``); ``forward_video(..., reference_rows=True)``
   replaces the first ``W`` chunks' scores with the reference's one pass (parity test only).
 - **Training is causal too** (:meth:`MAT.training_logits`): the reference supervises all ``W`` rows of every
-  stage of a window, so each row learns from later chunks (through the future tokens); oad supervises,
-  per window, the last work row of every stage and the first pass's rows (which are causal), see there.
+  stage of a window (weights 0.2 / 0.2 / 1.0) and both future stages (0.1 each), so rows learn from later
+  chunks through the future tokens; oad supervises, per window, the first pass's rows ``0 .. W-2`` (causal)
+  and the last refinement's row ``W - 1`` (the row scored at test time) with one loss (LSTR's). The
+  anticipation rows and future stages are trained only through those rows (oad's training windows carry no
+  future targets).
 - **Streaming equals the offline scoring** (:mod:`oad.online.mat`). The reference's stream mode is LSTR's,
   without the refinement, the groups or the top-k: it cannot reproduce its own batch results.
 - Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN), and
@@ -50,7 +53,6 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -281,7 +283,7 @@ class MAT(OnlineModel):
     tiny = dict(d_model=32, num_heads=4, ffn_dim=48, long_memory=16, work_memory=4, anticipation=2,
                 future_steps=4, groups=2, enc_queries=4, gen_queries=4)
     tiny_init_norms = False  # post-norm layers keep LayerNorm at 1/0
-    int8_tolerance = None
+    int8_tolerance = None  # no int8 step (oad/online/mat.py says why)
     paper_variants = {"MAT (long 1024)": {}}
 
     @staticmethod
