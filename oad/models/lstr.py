@@ -107,16 +107,23 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))  # (B, H, Lq, d/H) -> (B, Lq, d)
 
 
-class DecoderLayer(nn.Module):
-    """Reference ``TransformerDecoderLayer`` (post-norm, ReLU FFN).
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # the reference's ``ACTIVATION`` names
 
-    ``x = LN1(x + SA(x)); x = LN2(x + CA(x, memory)); x = LN3(x + lin2(relu(lin1 x)))``.
+
+class DecoderLayer(nn.Module):
+    """Reference ``TransformerDecoderLayer`` (post-norm, ReLU FFN by default).
+
+    ``x = LN1(x + SA(x)); x = LN2(x + CA(x, memory)); x = LN3(x + lin2(act(lin1 x)))``. ``attention`` (class
+    attribute) is the class of both attentions (MAT: top-k attention).
     """
 
-    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float):
+    attention = MultiheadAttention
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, activation: str = "relu"):
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, num_heads, dropout)
-        self.multihead_attn = MultiheadAttention(d_model, num_heads, dropout)
+        self.self_attn = self.attention(d_model, num_heads, dropout)
+        self.multihead_attn = self.attention(d_model, num_heads, dropout)
+        self.activation = ACTIVATIONS[activation]
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(ffn_dim, d_model)
@@ -137,7 +144,7 @@ class DecoderLayer(nn.Module):
     def cross_block(self, x: Tensor, memory: Tensor, bias: Tensor | None = None) -> Tensor:
         """Cross-attention and FFN: ``LN3(y + FFN(y))`` with ``y = LN2(x + CA(x, memory))``."""
         x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, memory, bias)))
-        return self.norm3(x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        return self.norm3(x + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x))))))
 
     def forward(self, x: Tensor, memory: Tensor, self_bias: Tensor | None = None,
                 memory_bias: Tensor | None = None, last_only: bool = False) -> Tensor:
@@ -147,11 +154,17 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Reference ``TransformerDecoder``: a stack of :class:`DecoderLayer` and a final LayerNorm."""
+    """Reference ``TransformerDecoder``: a stack of ``layer`` (class attribute, :class:`DecoderLayer`) and a
+    final LayerNorm."""
 
-    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, num_layers: int):
+    layer = DecoderLayer
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, num_layers: int,
+                 activation: str = "relu"):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            self.layer(d_model, num_heads, ffn_dim, dropout, activation) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, memory: Tensor, self_bias: Tensor | None = None,
@@ -185,6 +198,33 @@ def padding_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     return mask.to(dtype)[:, None, None, :]
+
+
+def memory_indices(work_start: Tensor, num_long: int, long_memory: int, long_stride: int) -> tuple[Tensor, Tensor]:
+    """The reference test sampler's long memories (``LSTRBatchInferenceDataLayer``, LSTR and MAT).
+
+    ``arange(max(0, ws - long_memory), ws)[::long_stride]`` (anchored at chunk 0 until the memory is full),
+    left-padded with chunk 0 up to ``num_long``; the padding mask hides every slot before the last one
+    holding chunk 0.
+
+    Args:
+        work_start: ``(K,)`` int64 window starts ``ws >= 0``.
+        num_long: long-memory slots ``N``.
+        long_memory: long-memory span in chunks.
+        long_stride: sampling stride.
+
+    Returns:
+        ``indices (K, N)`` int64 and ``valid (K, N)`` bool.
+    """
+    N, L, s = num_long, long_memory, long_stride
+    ws = work_start.long()[:, None]
+    n = torch.clamp((ws + s - 1) // s, max=N)  # real samples
+    base = torch.clamp(ws - L, min=0)
+    j = torch.arange(N, device=ws.device)[None]
+    off = j - (N - n)
+    indices = torch.where(off >= 0, base + s * off, torch.zeros_like(off))
+    valid = j >= N - torch.clamp(n, min=1)
+    return indices, valid
 
 
 class Stage1(NamedTuple):
@@ -353,27 +393,9 @@ class LSTR(OnlineModel):
 
     # -- batch-mode inference ----------------------------------------------------------------------------
     def long_memory_indices(self, work_start: Tensor) -> tuple[Tensor, Tensor]:
-        """Long-memory chunk indices and validity of the windows starting at ``work_start``.
-
-        Reference ``LSTRBatchInferenceDataLayer`` (test sampler): ``arange(max(0, ws - L), ws)[::stride]``
-        (anchored at chunk 0 until the memory is full), left-padded with chunk 0 up to ``N``; the padding
-        mask hides every slot before the last one holding chunk 0.
-
-        Args:
-            work_start: ``(K,)`` int64 window starts ``ws >= 0``.
-
-        Returns:
-            ``indices (K, N)`` int64 and ``valid (K, N)`` bool.
-        """
-        N, L, s = self.num_long, self.long_memory, self.long_stride
-        ws = work_start.long()[:, None]
-        n = torch.clamp((ws + s - 1) // s, max=N)  # real samples
-        base = torch.clamp(ws - L, min=0)
-        j = torch.arange(N, device=ws.device)[None]
-        off = j - (N - n)
-        indices = torch.where(off >= 0, base + s * off, torch.zeros_like(off))
-        valid = j >= N - torch.clamp(n, min=1)
-        return indices, valid
+        """Long-memory chunk indices ``(K, N)`` and validity ``(K, N)`` of the windows starting at
+        ``work_start (K,)``: the reference test sampler, :func:`memory_indices`."""
+        return memory_indices(work_start, self.num_long, self.long_memory, self.long_stride)
 
     def stage1_constants(self) -> Stage1:
         """The compression's input-independent terms (see :class:`Stage1`); eval only."""
@@ -437,7 +459,7 @@ class LSTR(OnlineModel):
         """The rest of the compression after the first stage's attention: ``(B, Q1, d)`` -> ``(B, M, d)``."""
         layer = self.enc_modules[0].layers[0]
         x = layer.norm2(consts.tgt + layer.dropout2(layer.multihead_attn.out_proj(attn_out)))
-        x = layer.norm3(x + layer.dropout3(layer.linear2(layer.dropout(F.relu(layer.linear1(x))))))
+        x = layer.norm3(x + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
         x = self.enc_modules[0].norm(x)
         B = x.shape[0]
         for tgt, stage in zip(consts.stage_tgt, self.enc_modules[1:]):
