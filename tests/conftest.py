@@ -74,7 +74,8 @@ TINY = [
 
 def net_on_meta(cfg, in_dim: int = 3072, num_classes: int = 22):
     """The network a composed training config builds, on the meta device (no memory), with the feature
-    size and class count the data would give (the two facts ``build_net_config`` reads from it)."""
+    size, stream sizes (RGB 2/3, flow 1/3, as THUMOS' 2048 + 1024) and class count the data would give
+    (the facts ``build_net_config`` reads from it)."""
     from types import SimpleNamespace
 
     from hydra.utils import instantiate
@@ -82,4 +83,5 @@ def net_on_meta(cfg, in_dim: int = 3072, num_classes: int = 22):
     from oad.tasks import build_net_config
 
     with torch.device("meta"):
-        return instantiate(build_net_config(cfg, SimpleNamespace(in_dim=in_dim, num_classes=num_classes)))
+        dm = SimpleNamespace(in_dim=in_dim, num_classes=num_classes, stream_dims=(2 * in_dim // 3, in_dim - 2 * in_dim // 3))
+        return instantiate(build_net_config(cfg, dm))

@@ -3,15 +3,11 @@ fast_dev_run at paper size (on synthetic data of the real feature size, since no
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-import torch
-from hydra.utils import instantiate
 
 from oad.models.base import count_parameters
-from oad.tasks import build_net_config, train
-from tests.conftest import REPO, compose_cfg
+from oad.tasks import train
+from tests.conftest import REPO, compose_cfg, net_on_meta
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 ON_SYNTHETIC = [
@@ -60,16 +56,14 @@ PAPER_PARAMS = {"miniroad": 15_763_478, "lstr": 58_882_070, "testra": 58_882_070
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.split("_")[0] in PAPER_PARAMS and "thumos14" in e])
 def test_successor_experiment_builds_the_paper_model(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}", "data.root=/nonexistent"], tmp_path)
-    with torch.device("meta"):  # THUMOS'14 Kinetics/ANet features: 3072-d, 22 classes
-        net = instantiate(build_net_config(cfg, SimpleNamespace(in_dim=3072, num_classes=22)))
+    net = net_on_meta(cfg)  # THUMOS'14 Kinetics/ANet features: 2048 + 1024-d, 22 classes
     assert count_parameters(net) == PAPER_PARAMS[name.split("_")[0]]
 
 
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("trn")])
 def test_trn_experiment_builds_the_paper_model(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}", "data.root=/nonexistent"], tmp_path)
-    with torch.device("meta"):  # THUMOS'14 Kinetics/ANet features: 3072-d, 22 classes
-        net = instantiate(build_net_config(cfg, SimpleNamespace(in_dim=3072, num_classes=22)))
+    net = net_on_meta(cfg)  # THUMOS'14 Kinetics/ANet features: 2048 + 1024-d, 22 classes
     assert count_parameters(net) == 357_828_630
 
 

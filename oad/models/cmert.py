@@ -57,37 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oad.models.lstr import LSTR, Decoder, causal_bias, padding_bias
+from oad.models.lstr import LSTR, Decoder, TwoStreamFeatureHead, causal_bias, padding_bias
 from oad.models.testra import TeSTra
-
-
-class TwoStreamFeatureHead(nn.Module):
-    """Reference ``BaseFeatureHead_mat`` (two-stream, linear enabled).
-
-    ``input_linear(cat(visual_linear(rgb), motion_linear(flow)))``, each a ``Linear -> LayerNorm -> ReLU``.
-
-    Args:
-        visual_dim: RGB feature width (the first ``visual_dim`` columns of the input).
-        motion_dim: flow feature width (the remaining columns).
-        d_model: output width.
-    """
-
-    def __init__(self, visual_dim: int, motion_dim: int, d_model: int):
-        super().__init__()
-        self.visual_dim = visual_dim
-
-        def block(i: int) -> nn.Sequential:
-            return nn.Sequential(nn.Linear(i, d_model), nn.LayerNorm(d_model), nn.ReLU(inplace=True))
-
-        self.visual_linear = block(visual_dim)
-        self.motion_linear = block(motion_dim)
-        self.input_linear = block(2 * d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (..., visual_dim + motion_dim)`` -> ``(..., d_model)``."""
-        v = self.visual_linear(x[..., :self.visual_dim])
-        m = self.motion_linear(x[..., self.visual_dim:])
-        return self.input_linear(torch.cat((v, m), dim=-1))
 
 
 class CMeRT(LSTR):
@@ -460,4 +431,4 @@ def reference_yaml_config(path: str | Path) -> dict:
     return out
 
 
-__all__ = ["CMeRT", "TwoStreamFeatureHead", "reference_yaml_config"]
+__all__ = ["CMeRT", "reference_yaml_config"]

@@ -227,6 +227,34 @@ def memory_indices(work_start: Tensor, num_long: int, long_memory: int, long_str
     return indices, valid
 
 
+class TwoStreamFeatureHead(nn.Module):
+    """The two-stream feature head of LSTR's forks MAT and CMeRT (reference ``BaseFeatureHead`` with the
+    linear layers on): RGB and flow each through ``Linear -> LayerNorm -> ReLU`` to ``d_model``,
+    concatenated, then ``Linear(2 d, d) -> LayerNorm -> ReLU`` (``input_linear``).
+
+    Args:
+        visual_dim: width of the RGB part (the first ``visual_dim`` input columns).
+        motion_dim: width of the flow part (the rest).
+        d_model: output width.
+    """
+
+    def __init__(self, visual_dim: int, motion_dim: int, d_model: int):
+        super().__init__()
+        self.visual_dim = visual_dim
+
+        def block(i: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(i, d_model), nn.LayerNorm(d_model), nn.ReLU(inplace=True))
+
+        self.visual_linear = block(visual_dim)
+        self.motion_linear = block(motion_dim)
+        self.input_linear = block(2 * d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (..., visual_dim + motion_dim)`` -> ``(..., d_model)``."""
+        visual, motion = x[..., : self.visual_dim], x[..., self.visual_dim:]
+        return self.input_linear(torch.cat((self.visual_linear(visual), self.motion_linear(motion)), dim=-1))
+
+
 class Stage1(NamedTuple):
     """Input-independent pieces of the first compression stage, for the inference paths.
 

@@ -67,6 +67,7 @@ from oad.models.lstr import (
     DecoderLayer,
     MultiheadAttention,
     PositionalEncoding,
+    TwoStreamFeatureHead,
     causal_bias,
     memory_indices,
 )
@@ -169,33 +170,6 @@ class Encoder(nn.Module):
         return self.norm(x)
 
 
-def _projection(in_dim: int, d_model: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, d_model), nn.LayerNorm(d_model), nn.ReLU(inplace=True))
-
-
-class TwoStreamHead(nn.Module):
-    """Reference ``BaseFeatureHead`` (two-stream, linear enabled): RGB and flow each through
-    Linear + LayerNorm + ReLU to ``d``, concatenated, then Linear(2d, d) + LayerNorm + ReLU.
-
-    Args:
-        visual_dim: width of the RGB part (the first ``visual_dim`` input columns).
-        motion_dim: width of the flow part (the rest).
-        d_model: output width.
-    """
-
-    def __init__(self, visual_dim: int, motion_dim: int, d_model: int):
-        super().__init__()
-        self.visual_dim = visual_dim
-        self.visual_linear = _projection(visual_dim, d_model)
-        self.motion_linear = _projection(motion_dim, d_model)
-        self.input_linear = _projection(2 * d_model, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(..., visual_dim + motion_dim)`` -> ``(..., d)``."""
-        visual, motion = x[..., : self.visual_dim], x[..., self.visual_dim:]
-        return self.input_linear(torch.cat((self.visual_linear(visual), self.motion_linear(motion)), dim=-1))
-
-
 class MATOutput(NamedTuple):
     """Logits of every stage of a batch of windows (the reference returns the same two lists).
 
@@ -288,7 +262,9 @@ class MAT(OnlineModel):
 
     @staticmethod
     def recognises_reference(names: set[str]) -> bool:
-        return "gen_query.weight" in names and "work_fusions.0.norm.weight" in names
+        # CMeRT's checkpoints have gen_query and work_fusions too, but no fut_fusions (MAT's circular rounds)
+        return ("gen_query.weight" in names and "work_fusions.0.norm.weight" in names
+                and any(n.startswith("fut_fusions.") for n in names))
 
     def __init__(
         self,
@@ -345,8 +321,8 @@ class MAT(OnlineModel):
         self.groups, self.cci_times, self.grouping = groups, cci_times, grouping
         layer_args = (d_model, num_heads, ffn_dim, dropout)
 
-        self.feature_head_long = TwoStreamHead(visual_dim, in_dim - visual_dim, d_model)
-        self.feature_head_work = TwoStreamHead(visual_dim, in_dim - visual_dim, d_model)
+        self.feature_head_long = TwoStreamFeatureHead(visual_dim, in_dim - visual_dim, d_model)
+        self.feature_head_work = TwoStreamFeatureHead(visual_dim, in_dim - visual_dim, d_model)
         self.pos_encoding = PositionalEncoding(d_model, dropout, max_len)
         self.enc_queries = nn.ModuleList([nn.Embedding(enc_queries, d_model)])
         self.enc_modules = nn.ModuleList([
