@@ -247,3 +247,18 @@ def test_robustness_datasets_compose_and_differ_from_the_built_in_data(tmp_path)
         # best validation epoch
         assert src.num_videos.val >= src.num_videos.test > 0
         assert train.checkpoint.select_best and train.checkpoint.test_weights == "best"
+
+
+def test_summary_of_a_leaderboard_still_running_says_what_has_not_run():
+    """The files are rewritten after every run: a model not trained yet on a dataset reads "not run yet",
+    one whose run raised reads "failed"."""
+    from oad.tasks.leaderboard import format_summary, summarize
+
+    ok = {"model": "linear", "metric": "mAP", "mAP": 0.4}
+    report = {"floor": "linear", "datasets": [
+        {"data": "a", "rows": [ok, {"model": "oadtr", "metric": "mAP", "mAP": 0.5, "margin": 0.1}]},
+        {"data": "b", "rows": [ok, {"model": "trn", "error": "RuntimeError: boom"}]}]}
+    report["summary"] = summarize(report)
+    lines = {line.split(" | ")[0].strip("| "): line for line in format_summary(report).splitlines() if line.startswith("| ")}
+    assert lines["oadtr"].endswith("| 1, +0.1000 | not run yet |")
+    assert "failed" in lines["trn"] and "not run yet" in lines["trn"]  # failed on b, never ran on a

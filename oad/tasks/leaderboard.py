@@ -454,7 +454,9 @@ def format_summary(report: dict) -> str:
         cells = [m["model"], _fmt(m["mean_rank"], ".2f")]
         for d in names:
             rank, margin = m["ranks"].get(d), m["margins"].get(d)
-            if rank is None:
+            if d not in m["ranks"]:  # the files are rewritten after every run: this one has not run yet
+                cells.append("not run yet")
+            elif rank is None:
                 cells.append("failed")
             else:
                 cells.append(f"{rank}" + ("" if margin is None else
