@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from oad.models.base import OnlineModel
 from oad.models.lstr import (
     ACTIVATIONS,
+    LSTR,
     Decoder,
     DecoderLayer,
     MultiheadAttention,
@@ -576,13 +577,8 @@ class MAT(OnlineModel):
         return logits, future
 
     # -- reference checkpoints -------------------------------------------------------------------------------
-    @staticmethod
-    def reference_to_state_dict(ref: dict[str, Tensor]) -> dict[str, Tensor]:
-        """A reference state dict in this module's names: the names are the same; a ``module.`` prefix
-        (DataParallel checkpoints) is removed and a whole checkpoint's ``model_state_dict`` is unpacked."""
-        if "model_state_dict" in ref:
-            ref = ref["model_state_dict"]
-        return {k.removeprefix("module."): v for k, v in ref.items()}
+    # the names are the reference's, as LSTR's: the same unpacking of a checkpoint
+    reference_to_state_dict = staticmethod(LSTR.reference_to_state_dict)
 
     @classmethod
     def reference_config(cls, state_dict: dict[str, Tensor], config_file: str | Path | None = None,
