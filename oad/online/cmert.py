@@ -45,28 +45,13 @@ class CMeRTStep(LSTRStep):
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)
-        self.span = self.net.context + self.net.work_memory  # work-head outputs a window reads
+        self.lookback = self.net.context  # the K context chunks before each window
         with torch.no_grad():
             self.gen_tgt = self.net.generation_constant()
 
-    def start(self, n: int) -> None:
-        super().start(n)
-        # work-head outputs, chunk c at c % (K + W)
-        self.work = torch.zeros(n, self.span, self.net.d_model, device=self.device, dtype=self.dtype)
-
-    @torch.no_grad()
-    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        net, consts, t, W = self.net, self.consts, self.t, self.net.work_memory
-        if x.shape[0] != self.n:
-            raise ValueError(f"expected {self.n} streams, got {x.shape[0]}")
-        scores, values = net.long_parts(net.feature_head_long(x), consts)  # (n, H, Q1), (n, d)
-        self.work[:, t % self.span] = net.feature_head_work(x)
-        ws = max(0, t - W + 1)
-        memory = net.compress_from_attention(self.stage1(t, ws, scores, values), consts)  # (n, M, d)
-        chunks = torch.arange(ws - net.context, t + 1, device=self.device).clamp(min=0) % self.span
-        logits, future = net.score_windows(self.work[:, chunks], memory, self.gen_tgt)  # (n, C), (n, A, C)
-        self.t += 1
-        return logits, future
+    def score(self, work: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Context and work tokens plus anticipation, generation and refinement: ``(n, C)``, ``(n, A, C)``."""
+        return self.net.score_windows(work, memory, self.gen_tgt)
 
 
 __all__ = ["CMeRTStep"]

@@ -83,8 +83,12 @@ class LSTRFamilyStep(OnlineStep):
     ``int8``, a :func:`quantize_lstr` copy: CPU, float32), the first stage's constant terms are computed
     once, and every chunk goes through the feature heads once.
 
-    Subclasses keep the long memory's per-chunk terms as they need and implement :meth:`stage1`.
+    Subclasses keep the long memory's per-chunk terms as they need and implement :meth:`stage1`; a model
+    whose windows also read ``lookback`` earlier work chunks (CMeRT's context) and score them otherwise
+    sets :attr:`lookback` and overrides :meth:`score`.
     """
+
+    lookback = 0  # work chunks before the window that the scoring reads too
 
     quantize = staticmethod(quantize_lstr)
 
@@ -97,8 +101,8 @@ class LSTRFamilyStep(OnlineStep):
     def start(self, n: int) -> None:
         net = self.net
         self.n, self.t = n, 0
-        # work-head outputs, chunk c at c % W
-        self.work = torch.zeros(n, net.work_memory, net.d_model, device=self.device, dtype=self.dtype)
+        self.span = self.lookback + net.work_memory  # work-head outputs a window reads, chunk c at c % span
+        self.work = torch.zeros(n, self.span, net.d_model, device=self.device, dtype=self.dtype)
 
     def stage1(self, t: int, ws: int, scores: Tensor, values: Tensor) -> Tensor:
         """Take chunk ``t``'s long-memory terms (``scores (n, H, Q1)``, ``values (n, d)``) and return the first
@@ -111,12 +115,19 @@ class LSTRFamilyStep(OnlineStep):
         if x.shape[0] != self.n:
             raise ValueError(f"expected {self.n} streams, got {x.shape[0]}")
         scores, values = net.long_parts(net.feature_head_long(x), consts)  # (n, H, Q1), (n, d)
-        self.work[:, t % W] = net.feature_head_work(x)
+        self.work[:, t % self.span] = net.feature_head_work(x)
         ws = max(0, t - W + 1)
         memory = net.compress_from_attention(self.stage1(t, ws, scores, values), consts)  # (n, M, d)
-        chunks = torch.arange(ws, t + 1, device=self.device) % W
-        logits = net.decode(net.work_tokens(self.work[:, chunks]), memory, last_only=True)  # (n, C)
+        # the lookback chunks before the window (chunk 0 where there are none), then the window
+        chunks = torch.arange(ws - self.lookback, t + 1, device=self.device).clamp(min=0) % self.span
+        logits, future = self.score(self.work[:, chunks], memory)
         self.t += 1
+        return logits, future
+
+    def score(self, work: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """The last chunk's logits ``(n, C)`` and future logits ``(n, Q, C)`` from the window's work-head
+        outputs ``(n, lookback + W', d)`` and the compressed long memory ``(n, M, d)``."""
+        logits = self.net.decode(self.net.work_tokens(work), memory, last_only=True)  # (n, C)
         return logits, logits.new_zeros(self.n, 0, logits.shape[-1])
 
 
