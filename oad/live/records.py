@@ -1,0 +1,67 @@
+"""What the live pipeline hands to its outputs: one :class:`ChunkRecord` per chunk of a stream (scored or
+dropped), the events as they are decided, and the :class:`Sink` interface every output implements
+(incremental files, the rendered video, the live page)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["ChunkRecord", "Sink"]
+
+
+@dataclass
+class ChunkRecord:
+    """One chunk of one stream, as the pipeline decided it.
+
+    Attributes:
+        stream: the stream's name (unique in a run).
+        index: the chunk number in the stream (``start_s = index / rate``), counted from the stream's start.
+        start_s, end_s: the chunk's span on the stream's own timeline (seconds).
+        status: ``"scored"``, or why it was not: ``"dropped"`` (the pipeline fell behind and left it out:
+            the model never saw it) or ``"skipped"`` (non-finite features).
+        scores: ``(C,)`` float32 probabilities of the chunk (None unless scored).
+        future_scores: ``(Q, C)`` float32 probabilities of the next chunks (None unless scored).
+        latency_s: seconds from the arrival of the chunk's last frame to its scores (None unless scored).
+        frame: the chunk's middle frame, RGB uint8 ``(H, W, 3)``, when an output asked for frames; else None.
+        segment: the stream's segment: 0 at the start, +1 at every reset of its history (a gap in its
+            timestamps, a reconnection).
+    """
+
+    stream: str
+    index: int
+    start_s: float
+    end_s: float
+    status: str = "scored"
+    scores: np.ndarray | None = None
+    future_scores: np.ndarray | None = None
+    latency_s: float | None = None
+    frame: np.ndarray | None = None
+    segment: int = 0
+
+
+class Sink(Protocol):
+    """An output of a live run. The pipeline calls it from one thread, in each stream's chunk order.
+
+    ``wants_frames``: whether :meth:`chunk` needs ``record.frame`` (decoding keeps the middle frame only then).
+    """
+
+    wants_frames: bool
+
+    def open_stream(self, stream: str, meta: dict[str, Any]) -> None:
+        """A stream starts (``meta``: source, rate, class names, model, ...)."""
+
+    def chunk(self, record: ChunkRecord) -> None:
+        """A chunk was scored, dropped or skipped."""
+
+    def event(self, stream: str, event: dict[str, Any], what: str) -> None:
+        """An event's start (``what == "start"``) or end (``"end"``) was decided (the dict of
+        :class:`oad.online.EventDetector`)."""
+
+    def close_stream(self, stream: str, summary: dict[str, Any]) -> None:
+        """A stream ended (``summary``: why, chunk counts, latency figures)."""
+
+    def close(self) -> None:
+        """The run ends: flush and release everything."""
