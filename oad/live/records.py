@@ -25,7 +25,9 @@ class ChunkRecord:
         scores: ``(C,)`` float32 probabilities of the chunk (None unless scored).
         future_scores: ``(Q, C)`` float32 probabilities of the next chunks (None unless scored).
         latency_s: seconds from the arrival of the chunk's last frame to its scores (None unless scored).
-        frame: the chunk's middle frame, RGB uint8 ``(H, W, 3)``, when an output asked for frames; else None.
+        frames: every decoded frame of the chunk, RGB uint8 ``(K, H, W, 3)``, when an output asked for frames
+            (:attr:`Sink.wants_frames`); else None. Dropped chunks carry them too (a rendered video has no hole).
+        frame_times: ``(K,)`` the frames' times on the stream's timeline (seconds), with ``frames``.
         segment: the stream's segment: 0 at the start, +1 at every reset of its history (a gap in its
             timestamps, a reconnection).
     """
@@ -38,14 +40,15 @@ class ChunkRecord:
     scores: np.ndarray | None = None
     future_scores: np.ndarray | None = None
     latency_s: float | None = None
-    frame: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    frame_times: np.ndarray | None = None
     segment: int = 0
 
 
 class Sink(Protocol):
     """An output of a live run. The pipeline calls it from one thread, in each stream's chunk order.
 
-    ``wants_frames``: whether :meth:`chunk` needs ``record.frame`` (decoding keeps the middle frame only then).
+    ``wants_frames``: whether :meth:`chunk` needs ``record.frames`` (decoding keeps every frame only then).
     """
 
     wants_frames: bool
