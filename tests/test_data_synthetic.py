@@ -309,6 +309,18 @@ def test_features_on_the_real_thumos_labels(tmp_path):
     assert names != sorted(names)  # shuffled with the seed (the file is ordered by class)
     again = SyntheticSource({"train": 5, "test": 3}, seed=3, real_labels="datasets/thumos14/thumos14_val_labels.npz")
     assert [v.name for v in again.load("train")] == names[:5]
+    # stratified (the default): a 20-video split holds every class once, so no test class is unseen in training
+    splits = SyntheticSource({"train": 20, "val": 30, "test": 30}, seed=105,
+                             real_labels="datasets/thumos14/thumos14_val_labels.npz").real_labels
+    primary = {s: [int(np.bincount(y, minlength=22)[1:21].argmax()) + 1 for y in splits[s][1]] for s in splits}
+    assert sorted(primary["train"]) == list(range(1, 21))
+    assert all(max(np.bincount(primary[s])) <= 2 for s in ("val", "test"))  # 30 videos: 1 or 2 per class
+    # a plain shuffle (real_label_split=random) leaves classes out of the same 20 training videos
+    shuffled = SyntheticSource({"train": 20, "val": 30, "test": 30}, seed=105, real_label_split="random",
+                               real_labels="datasets/thumos14/thumos14_val_labels.npz").real_labels
+    assert len({int(np.bincount(y, minlength=22)[1:21].argmax()) for y in shuffled["train"][1]}) < 20
+    with pytest.raises(ValueError, match="real_label_split must be"):
+        SyntheticSource({"train": 1}, real_label_split="by_name", real_labels="datasets/thumos14/thumos14_val_labels.npz")
     with pytest.raises(DataError, match="200 videos, the splits ask for 201"):
         SyntheticSource({"train": 201}, real_labels="datasets/thumos14/thumos14_val_labels.npz")
     (tmp_path / "bad.npz").write_bytes(b"nope")

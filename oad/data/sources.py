@@ -22,9 +22,27 @@ class Source(Protocol):
     def load(self, split: str) -> list[Video]: ...
 
 
-def _real_label_splits(path: str, num_videos: dict[str, int], seed: int) -> dict[str, tuple[list[str], list]]:
-    """``{split: (names, labels)}``: the videos of a label file shuffled with ``seed`` and dealt to the
-    splits in order (a clear error naming the file when it is missing, malformed or too small)."""
+def _primary_class(labels) -> int:
+    """A video's most frequent action class (1..20), 0 for a video without one."""
+    import numpy as np
+
+    counts = np.bincount(labels, minlength=22)[1:21]
+    return int(counts.argmax()) + 1 if counts.any() else 0
+
+
+def _real_label_splits(path: str, num_videos: dict[str, int], seed: int,
+                       stratify: bool = True) -> dict[str, tuple[list[str], list]]:
+    """``{split: (names, labels)}``: the videos of a label file dealt to the splits (disjoint), in the
+    order of ``num_videos`` (a clear error naming the file when it is missing, malformed or too small).
+
+    ``stratify`` (default): the videos are grouped by their primary class (:func:`_primary_class`; THUMOS'14
+    videos mostly show one action), each group and the class order shuffled with ``seed``, and every split
+    takes its videos one class at a time, round-robin, the next split continuing the cycle where the
+    previous one stopped: a split of at least as many videos as there are classes holds every class, so a
+    test class is never missing from training (with a plain shuffle, 20 training videos of THUMOS'14's 200
+    left 6 of the 17 classes of a 30-video test split without a training video: docs/benchmarks.md
+    section 11). ``stratify=False``: the videos shuffled with ``seed`` and dealt in order.
+    """
     import numpy as np
 
     from oad.config import REPO
@@ -45,10 +63,21 @@ def _real_label_splits(path: str, num_videos: dict[str, int], seed: int) -> dict
     if need > len(videos):
         raise DataError(f"{file}: {len(videos)} videos, the splits ask for {need} ({num_videos})")
     names = list(videos)
-    order = np.random.default_rng([seed, 7]).permutation(len(names))
+    rng = np.random.default_rng([seed, 7])
+    if not stratify:
+        order = [names[i] for i in rng.permutation(len(names))]
+    else:
+        groups: dict[int, list[str]] = {}
+        for k in names:
+            groups.setdefault(_primary_class(videos[k]), []).append(k)
+        queues = [[g[i] for i in rng.permutation(len(g))] for g in (groups[c] for c in sorted(groups))]
+        queues = [queues[i] for i in rng.permutation(len(queues))]
+        order = []
+        while any(queues):  # round-robin over the classes: one video of each class per round
+            order += [q.pop(0) for q in queues if q]
     out, at = {}, 0
     for split, n in num_videos.items():
-        chosen = [names[i] for i in order[at:at + n]]
+        chosen = order[at:at + n]
         out[split] = (chosen, [videos[k].astype(np.int64) for k in chosen])
         at += n
     return out
@@ -66,8 +95,10 @@ class SyntheticSource:
         real_labels: an ``.npz`` of per-chunk class labels, one array per video (e.g. the real THUMOS'14
             validation labels shipped in ``datasets/thumos14/thumos14_val_labels.npz``; a relative path is
             read from the working directory, else from the repository): features are synthesised on
-            these labels instead of drawn ones. The videos are shuffled with ``seed`` and dealt to the
-            splits in the order of ``num_videos`` (disjoint); ``length_scale`` is then ignored.
+            these labels instead of drawn ones, dealt to the splits in the order of ``num_videos`` (disjoint),
+            stratified by class (see ``real_label_split``); ``length_scale`` is then ignored.
+        real_label_split: ``stratified`` (default: every split takes the classes in turn, so a split of
+            at least 20 videos holds every class) or ``random`` (a plain shuffle with ``seed``).
         **knobs: the generator's other knobs (``noise``, ``noise_ar``, ``drift``, ``dim_scale``,
             ``video_offset``, ``shift``, ``relu``: :func:`oad.data.synthetic.make_synthetic_split`); their
             defaults are the built-in dataset.
@@ -86,6 +117,7 @@ class SyntheticSource:
         length_scale: float = 1.0,
         evidence: float = 1.0,
         real_labels: str | None = None,
+        real_label_split: str = "stratified",
         **knobs,
     ):
         import inspect
@@ -103,7 +135,11 @@ class SyntheticSource:
         self.rgb_dim, self.flow_dim, self.seed = rgb_dim, flow_dim, seed
         self.length_scale, self.evidence = length_scale, evidence
         self.class_names = list(THUMOS_CLASS_NAMES)
-        self.real_labels = _real_label_splits(real_labels, self.num_videos, seed) if real_labels else None
+        if real_label_split not in ("stratified", "random"):
+            raise ValueError(f"real_label_split must be 'stratified' or 'random', got {real_label_split!r}")
+        self.real_label_split = real_label_split
+        self.real_labels = _real_label_splits(real_labels, self.num_videos, seed,
+                                              stratify=real_label_split == "stratified") if real_labels else None
 
     def load(self, split: str) -> list[Video]:
         from oad.data.synthetic import make_synthetic_split
