@@ -262,3 +262,34 @@ def test_summary_of_a_leaderboard_still_running_says_what_has_not_run():
     lines = {line.split(" | ")[0].strip("| "): line for line in format_summary(report).splitlines() if line.startswith("| ")}
     assert lines["oadtr"].endswith("| 1, +0.1000 | not run yet |")
     assert "failed" in lines["trn"] and "not run yet" in lines["trn"]  # failed on b, never ran on a
+
+
+def test_test_classes_missing_from_training_are_flagged(tmp_path):
+    """A split whose training videos never show a scored test class: metrics.json lists it
+    (class_coverage) with the mAP over the other classes, and the table carries a caution line."""
+    import numpy as np
+
+    from oad.data.sources import SyntheticSource
+
+    labels = "datasets/thumos14/thumos14_val_labels.npz"
+    sizes = {"train": 6, "val": 2, "test": 4}  # seed 6, a random split: 2 test classes seen in training, 2 not
+    data = ["data.source.real_labels=" + labels, "data.source.num_videos={train: 6, val: 2, test: 4}",
+            "data.source.real_label_split=random", "data.source.seed=6", "data.source.rgb_dim=16",
+            "data.source.flow_dim=8"]
+    cfg = compose_cfg("leaderboard", [entries(("linear", "linear", [])), *TINY_LEADERBOARD, *data], tmp_path)
+    report = leaderboard(cfg)
+    res = report
+    metrics = json.loads((tmp_path / "runs" / "linear" / "metrics.json").read_text())
+    # expected from the labels alone: classes with a positive test chunk and none in training
+    splits = SyntheticSource(sizes, seed=6, real_labels=labels, real_label_split="random").real_labels
+    names = SyntheticSource(sizes, seed=6).class_names
+    train = {int(c) for y in splits["train"][1] for c in np.unique(y)}
+    test = {int(c) for y in splits["test"][1] for c in np.unique(y)} - {0, 21}
+    want = [names[c] for c in sorted(test - train)]
+    cover = metrics["class_coverage"]
+    assert want and test & train and sorted(cover["unseen_in_training"]) == sorted(want)
+    per_class = metrics["protocols"]["all"]["per_class_AP"]
+    assert cover["scored"] == len(per_class) == len(test)
+    assert cover["mAP_seen"] == pytest.approx(np.mean([ap for n, ap in per_class.items() if n not in want]))
+    assert res["rows"][0]["unseen_classes"] == cover["unseen_in_training"]
+    assert f"caution: {len(want)} scored test classes have no training chunk" in format_table(res)

@@ -256,6 +256,7 @@ def run_entry(cfg: DictConfig, entry: dict, run_dir: Path, dataset: dict | None 
         "step_threads": threads,
         "recipe": recipe,
         "run_dir": str(run_dir),
+        "unseen_classes": list((metrics.get("class_coverage") or {}).get("unseen_in_training") or []),
     }
 
 
@@ -332,6 +333,10 @@ def format_table(result: dict) -> str:
             cells = {h: "-" for h in head} | {"model": r["model"], f"{key} (all)": f"failed: {err}"}
         lines.append("| " + " | ".join(cells[h] for h in head) + " |")
     lines += ["", winner_line(result)]
+    unseen = sorted({c for r in result["rows"] if _ok(r) for c in r.get("unseen_classes") or []})
+    if unseen:
+        lines.append(f"caution: {len(unseen)} scored test classes have no training chunk ({', '.join(unseen)}): "
+                     "their AP measures guesses (each run's metrics.json: class_coverage)")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -127,11 +128,42 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
                 key: lit.test_results["all"][key],
                 "headline": {"protocol": "all", key: lit.test_results["all"][key]},
                 "tested": tested,
+                "class_coverage": class_coverage(dm, lit.test_results["all"], key),
                 "protocols": lit.test_results,
             }
+            unseen = metrics["class_coverage"]["unseen_in_training"]
+            if unseen:
+                log.warning("%d of %d scored test classes have no training chunk (%s): their AP measures guesses; "
+                            "%s over the others: %s", len(unseen), metrics["class_coverage"]["scored"],
+                            ", ".join(unseen), key, metrics["class_coverage"][f"{key}_seen"])
             write_json(output_dir / "metrics.json", metrics)
             write_predictions(output_dir / "predictions.pkl", lit.test_predictions)
             result["metrics"] = metrics
     return result
 
 
+
+
+def class_coverage(dm, results: dict, key: str) -> dict[str, Any]:
+    """Which scored test classes the training split never shows (no positive chunk), and the headline over
+    the others: a split that leaves a class out of training measures guesses on it (e.g. 20 training
+    videos drawn at random from THUMOS'14's 200, one action class per video, miss a third of the classes).
+
+    Args:
+        dm: the data module (its training videos and class names).
+        results: the test results of the "all" protocol (``per_class_AP`` by class name).
+        key: the headline's name (``mAP`` or ``mcAP``).
+
+    Returns:
+        ``{'scored': classes with an AP, 'unseen_in_training': [names], '<key>_seen': mean AP over the
+        scored classes seen in training (None when none is)}``.
+    """
+    names = dm.class_names
+    seen = set()
+    for v in dm.videos("train"):
+        seen.update(int(c) for c in np.flatnonzero(np.asarray(v.targets).sum(0) > 0))
+    per_class = results.get("per_class_AP") or {}
+    unseen = [n for n in per_class if n in names and names.index(n) not in seen]
+    kept = [float(ap) for n, ap in per_class.items() if n not in unseen and ap is not None]
+    return {"scored": len(per_class), "unseen_in_training": unseen,
+            f"{key}_seen": float(np.mean(kept)) if kept else None}
