@@ -290,16 +290,20 @@ def test_http_live_stream_equals_the_same_bytes_from_a_file(tmp_path, ckpt):
 
 
 def test_live_file_equals_the_decord_video_path(tmp_path, ckpt):
-    """The same MP4 through PyAV (source=) and decord (video=): the same frames, so the same scores."""
+    """The same MP4 through PyAV (source=) and decord (video=): the same frames, so the same scores; with
+    the flow stream too (the same motion windows, also those shifted back at the end of the video)."""
     from oad.tasks.streaming import stream
 
     (tmp_path / "clip.mp4").write_bytes(encode(2 * FPS + 7, fmt="mp4"))
-    stream(live_cfg(ckpt, tmp_path / "live", source=tmp_path / "clip.mp4"))
-    stream(live_cfg(ckpt, tmp_path / "decord", video=tmp_path / "clip.mp4"))
-    lines, _, _ = stream_files(tmp_path / "live" / "clip")
-    offline = json.loads((tmp_path / "decord" / "scores.json").read_text())
-    assert [x["chunk"] for x in lines] == offline["chunk"]
-    np.testing.assert_allclose(scores_of(lines), np.array(offline["scores"]), atol=1e-5, rtol=0)
+    save_small_checkpoint(tmp_path / "two.ckpt", 1024, [512, 512])
+    flow = {"ckpt_path": tmp_path / "two.ckpt", "flow": "true", "flow_backbone.pairs": 3}
+    for name, over in [("rgb", {}), ("flow", flow)]:
+        stream(live_cfg(ckpt, tmp_path / name / "live", source=tmp_path / "clip.mp4", **over))
+        stream(live_cfg(ckpt, tmp_path / name / "decord", video=tmp_path / "clip.mp4", **over))
+        lines, _, _ = stream_files(tmp_path / name / "live" / "clip")
+        offline = json.loads((tmp_path / name / "decord" / "scores.json").read_text())
+        assert [x["chunk"] for x in lines] == offline["chunk"] and len(lines) == 10
+        np.testing.assert_allclose(scores_of(lines), np.array(offline["scores"]), atol=1e-5, rtol=0)
 
 
 def test_a_slow_model_drops_chunks_counts_them_and_keeps_the_queue_bounded(tmp_path, ckpt, monkeypatch):
@@ -404,6 +408,7 @@ def wait_for_lines(proc: subprocess.Popen, path: Path, n: int, timeout: float = 
     pytest.fail(f"no {n} lines in {path} after {timeout} s")
 
 
+@pytest.mark.slow  # a tools/stream.py process: about 15-20 s on a loaded 2-core machine
 def test_kill_9_leaves_every_line_valid(tmp_path, ckpt):
     proc, folder = start_tool(tmp_path, ckpt, seconds=30)
     try:
@@ -418,6 +423,7 @@ def test_kill_9_leaves_every_line_valid(tmp_path, ckpt):
     assert not (folder / "summary.json").exists()
 
 
+@pytest.mark.slow  # a tools/stream.py process: about 15-20 s on a loaded 2-core machine
 def test_sigint_finishes_cleanly(tmp_path, ckpt):
     proc, folder = start_tool(tmp_path, ckpt, seconds=30)
     try:
@@ -433,3 +439,24 @@ def test_sigint_finishes_cleanly(tmp_path, ckpt):
     assert summary["scored_chunks"] + summary["dropped_chunks"] == len(lines)
     assert sum(e["what"] == "start" for e in events) == sum(e["what"] == "end" for e in events)  # all closed
     assert json.loads((folder.parent / "summary.json").read_text())["streams"]["clip"]["end_reason"] == "stopped"
+
+
+@pytest.mark.slow  # a tools/stream.py process: about 15-20 s on a loaded 2-core machine
+def test_standard_input_is_a_source(tmp_path, ckpt):
+    """``source=-``: MPEG-TS bytes piped into the tool give the chunks the same bytes give from a file."""
+    from oad.tasks.streaming import stream
+
+    data = encode(2 * FPS)
+    (tmp_path / "clip.ts").write_bytes(data)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "tools" / "stream.py"), "source=-", f"ckpt_path={ckpt}", f"output_dir={out}",
+           "backbone.name=resnet18", f"backbone.weights={ckpt.parent / 'resnet18.pth'}", "resize=64", "crop=56",
+           "plot=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run(cmd, input=data, capture_output=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    lines, _, summary = stream_files(out / "stdin")
+    assert summary["kind"] == "stdin" and summary["end_reason"] == "ended" and len(lines) == 8
+    stream(live_cfg(ckpt, tmp_path / "file", source=tmp_path / "clip.ts"))
+    np.testing.assert_allclose(scores_of(lines), scores_of(stream_files(tmp_path / "file" / "clip")[0]), atol=1e-5,
+                               rtol=0)
