@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from oad.live.pipeline import ChunkQueue
-from oad.live.source import (ChunkCutter, LiveChunk, LiveSource, Reconnect, SegmentStart, SourceOptions, parse_source,
+from oad.live.source import (ChunkCutter, LiveChunk, LiveSource, SegmentStart, SourceOptions, parse_source,
                              stream_names)
 from oad.video import Chunk, frame_shown_at, middle_time, motion_indices, num_chunks_for
 from tests.conftest import REPO, compose_cfg
@@ -266,7 +266,7 @@ def test_http_live_stream_equals_the_same_bytes_from_a_file(tmp_path, ckpt):
     took = time.monotonic() - t0
     server.kill()
     assert took >= 2.0, "the server paces the stream: it cannot be read faster than about real time"
-    file = stream(live_cfg(ckpt, tmp_path / "file", source=tmp_path / "clip.ts", queue_chunks=64))
+    stream(live_cfg(ckpt, tmp_path / "file", source=tmp_path / "clip.ts", queue_chunks=64))
 
     lines, events, summary = stream_files(tmp_path / "http" / "clip")
     flines, _, fsummary = stream_files(tmp_path / "file" / "clip")
