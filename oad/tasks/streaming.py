@@ -1,4 +1,6 @@
-"""The task behind ``tools/stream.py``: online detection on one video file (or a features file).
+"""The task behind ``tools/stream.py``: online detection on one video file (or a features file), or on
+live sources (``source=``/``sources=``: cameras, network streams, pipes; :func:`stream_live` and
+:mod:`oad.live`, which describes their outputs).
 
 The video is read as a live stream would deliver it: chunk by chunk, each chunk's features computed
 (:class:`oad.video.FeatureExtractor`) and scored (:class:`oad.online.OnlineDetector`) before the
@@ -70,7 +72,7 @@ from oad.tasks.common import resolve_ignore_index
 log = logging.getLogger(__name__)
 
 __all__ = ["OUTPUT_FILES", "ChunkSource", "StreamRun", "StreamSettings", "check_stream_dims", "new_run_id", "open_input",
-           "run_detection", "run_meta", "stream", "stream_settings", "summary_lines", "write_outputs"]
+           "run_detection", "run_meta", "stream", "stream_live", "stream_settings", "summary_lines", "write_outputs"]
 
 # every file a stream's output set may hold (manifest.json is added by oad.io.output_set)
 OUTPUT_FILES = ("scores.csv", "scores.json", "events.json", "timeline.png", "report.html", "manifest.json")
@@ -186,8 +188,12 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         oad.video.VideoError: the video cannot be opened or decoded (a ValueError).
         FileNotFoundError: a missing checkpoint, features file, video or backbone weights.
     """
-    if bool(cfg.get("video")) == bool(cfg.get("features")):
-        raise ValueError("give exactly one input: video=<file> or features=<(T, D) .npy>")
+    given = [key for key in ("video", "features", "source", "sources") if cfg.get(key)]
+    if len(given) != 1:
+        raise ValueError("give exactly one input: video=<file>, features=<(T, D) .npy>, source=<live source> or "
+                         f"sources=[<live source>, ...] (given: {', '.join(given) or 'none'})")
+    if given[0] in ("source", "sources"):
+        return stream_live(cfg)
     ckpt = str(cfg.ckpt_path)
     net, info = load_network(ckpt)
     data_info = info.get("data_info") or {}
@@ -195,7 +201,19 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
     source = open_input(cfg, settings, int(net.in_dim), data_info.get("stream_dims"))
     detector = OnlineDetector(net, dtype=settings.dtype, device=cfg.get("device") or "cpu",
                               ignore_index=settings.ignore_index)
-    events = EventDetector(
+    events = event_detector(cfg, settings)
+    run = run_detection(source, detector, events, progress=cfg.get("progress", True))
+    meta = run_meta(settings, net, info, source, run, detector, run_id=new_run_id())
+    files = write_outputs(cfg, settings, source, run, meta, events, model_name=type(net).__name__)
+    if source.random_weights:
+        log.warning("backbone weights are RANDOM: scores and events are meaningless (recorded in every output)")
+    return {**files, "num_chunks": meta["num_chunks"], "real_time_factor": meta["real_time_factor"],
+            "events": run.events, "meta": meta}
+
+
+def event_detector(cfg: DictConfig, settings: StreamSettings) -> EventDetector:
+    """The event detector of ``cfg.events`` for one stream."""
+    return EventDetector(
         settings.class_names,
         on_threshold=cfg.events.on_threshold,
         off_threshold=cfg.events.off_threshold,
@@ -204,13 +222,87 @@ def stream(cfg: DictConfig) -> dict[str, Any]:
         background_index=cfg.events.get("background_index", 0),
         ignore_index=settings.ignore_index,
     )
-    run = run_detection(source, detector, events, progress=cfg.get("progress", True))
-    meta = run_meta(settings, net, info, source, run, detector, run_id=new_run_id())
-    files = write_outputs(cfg, settings, source, run, meta, events, model_name=type(net).__name__)
-    if source.random_weights:
+
+
+def stream_live(cfg: DictConfig) -> dict[str, Any]:
+    """Run online detection on the live source ``cfg.source`` or the sources ``cfg.sources`` (one process,
+    one model, one output folder per stream: :mod:`oad.live.pipeline`, :mod:`oad.live.outputs`), until
+    every source ends or the run is stopped (SIGINT/SIGTERM). Also writes ``<output_dir>/summary.json``
+    (every stream's summary, the overall figures, the meta).
+
+    Returns:
+        ``{'live': True, 'output_dir', 'streams': {name: summary}, 'overall', 'meta'}``.
+
+    Raises:
+        ValueError: an unknown source, a missing file, bad live settings, a feature size that does not fit
+            the checkpoint (all before any source is opened).
+        FileNotFoundError: a missing checkpoint or backbone weights.
+    """
+    from oad.live.outputs import FileSink
+    from oad.live.pipeline import LivePipeline
+    from oad.live.source import LiveSource, Reconnect, SourceOptions, parse_source, stream_names
+    from oad.online.pool import StreamPool
+
+    texts = [cfg.source] if cfg.get("source") else list(cfg.sources)
+    specs = [parse_source(str(t), cfg.get("input_format")) for t in texts]
+    names = stream_names(specs)
+    ckpt = str(cfg.ckpt_path)
+    net, info = load_network(ckpt)
+    data_info = info.get("data_info") or {}
+    settings = stream_settings(cfg, ckpt, net, data_info)
+    extractor = _extractor(cfg, settings, int(net.in_dim), data_info.get("stream_dims"))
+    out = Path(cfg.output_dir)
+    background = cfg.events.get("background_index", 0)
+    common = (settings.class_names, settings.rate, settings.ignore_index, background)
+    sinks = [FileSink(out, *common, plot=cfg.get("plot", True))]
+    if cfg.get("render", False):
+        from oad.live.render import RenderSink
+
+        sinks.append(RenderSink(out, *common))
+    if cfg.get("view") is not None:
+        from oad.live.view import ViewSink
+
+        view = ViewSink(int(cfg.view), *common)
+        sinks.append(view)
+        log.warning("live page: %s", view.url)
+    r = cfg.get("reconnect") or {}
+    options = SourceOptions(
+        rate=settings.rate, motion_pairs=extractor.flow_pairs, keep_frames=any(s.wants_frames for s in sinks),
+        realtime=bool(cfg.get("realtime", False)), open_timeout_s=float(cfg.get("open_timeout_s", 10.0)),
+        stall_timeout_s=float(cfg.get("stall_timeout_s", 5.0)), gap_s=float(cfg.get("gap_s", 2.0)),
+        reconnect=Reconnect(int(r.get("tries", 5)), float(r.get("initial_delay_s", 0.5)),
+                            float(r.get("max_delay_s", 10.0))))
+    pool = StreamPool(net, dtype=settings.dtype, device=cfg.get("device") or "cpu", ignore_index=settings.ignore_index)
+    described = extractor.describe()
+    meta = {
+        "run_id": new_run_id(),
+        "checkpoint": ckpt,
+        "model": type(net).__name__,
+        "epoch": info.get("epoch"),
+        "backbone": described["backbone"],
+        "weights": described["weights"],
+        "random_weights": described["random_weights"],
+        "extractor": described,
+        "rate": settings.rate,
+        "class_names": settings.class_names,
+        "ignore_index": settings.ignore_index,
+        "precision": str(cfg.get("precision") or ("bf16" if cfg.get("bf16") else "fp32")),
+        "device": str(cfg.get("device") or "cpu"),
+        "realtime": options.realtime,
+        "queue_chunks": int(cfg.get("queue_chunks", 8)),
+        "drop": str(cfg.get("drop", "oldest")),
+        "event_rule": {**event_detector(cfg, settings).describe(), "description": EVENT_RULE},
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    pipeline = LivePipeline([LiveSource(s, n, options) for s, n in zip(specs, names)], extractor, pool,
+                            lambda: event_detector(cfg, settings), sinks, queue_chunks=meta["queue_chunks"],
+                            drop=meta["drop"], meta=meta)
+    result = pipeline.run()
+    write_json(out / "summary.json", {"overall": result["overall"], "streams": result["streams"], "meta": meta},
+               strict=True)
+    if meta["random_weights"]:
         log.warning("backbone weights are RANDOM: scores and events are meaningless (recorded in every output)")
-    return {**files, "num_chunks": meta["num_chunks"], "real_time_factor": meta["real_time_factor"],
-            "events": run.events, "meta": meta}
+    return {"live": True, "output_dir": str(out), **result, "meta": meta}
 
 
 def stream_settings(cfg: DictConfig, ckpt: str, net: torch.nn.Module, data_info: dict) -> StreamSettings:
@@ -243,14 +335,22 @@ def open_input(cfg: DictConfig, settings: StreamSettings, in_dim: int, stream_di
     return _open_features(Path(cfg.features), settings, in_dim)
 
 
-def _open_video(cfg: DictConfig, settings: StreamSettings, in_dim: int, stream_dims: list[int] | None) -> ChunkSource:
-    from oad.video import FeatureExtractor, VideoReader
+def _extractor(cfg: DictConfig, settings: StreamSettings, in_dim: int, stream_dims: list[int] | None):
+    """The feature extractor of ``cfg``, checked against the checkpoint's feature streams."""
+    from oad.video import FeatureExtractor
 
-    video = cfg.video
     extractor = FeatureExtractor.from_config(cfg, rate=settings.rate)
     dims = [extractor.rgb.dim] + ([extractor.flow.dim] if extractor.flow is not None else [])
     what = f"{extractor.rgb.name} rgb" + (f" + {extractor.flow.name} flow" if extractor.flow is not None else "")
     check_stream_dims(settings.ckpt, in_dim, stream_dims, dims, what)
+    return extractor
+
+
+def _open_video(cfg: DictConfig, settings: StreamSettings, in_dim: int, stream_dims: list[int] | None) -> ChunkSource:
+    from oad.video import VideoReader
+
+    video = cfg.video
+    extractor = _extractor(cfg, settings, in_dim, stream_dims)
     reader = VideoReader(video)  # VideoError (clear, names the file) for a missing or corrupt video
     return ChunkSource(
         chunks=((c.index, c.start, c.end, c.vector) for c in extractor.iter_chunks(reader)),
@@ -457,6 +557,13 @@ def _write_set(cfg: DictConfig, staged: Path, settings: StreamSettings, source: 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """What ``tools/stream.py`` prints."""
+    if result.get("live"):
+        from oad.live.pipeline import summary_lines as live_lines
+
+        lines = live_lines(result)
+        if result["meta"]["random_weights"]:
+            lines.insert(-1, "WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only")
+        return lines
     m = result["meta"]
     lines = [
         f"{m['num_chunks']} chunks ({m['duration_s']:.2f} s at {m['rate']:g} chunks/s) in {m['wall_s']:.2f} s; "

@@ -3,7 +3,9 @@
 A video is cut into chunks at a fixed rate (default 4 chunks per second, as LSTR/TeSTra use for
 THUMOS'14), independent of the source frame rate: chunk ``i`` covers ``[i / rate, (i + 1) / rate)``
 seconds of the stream's own timestamps, so variable-frame-rate files and rates that do not divide the
-fps need no special case.
+fps need no special case. The rule lives in :func:`chunk_span`, :func:`frame_shown_at`,
+:func:`motion_indices` and :func:`num_chunks_for`: :func:`chunk_frames` applies it to a file it can seek
+in, :class:`oad.live.source.ChunkCutter` to frames as they arrive from a live source.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def num_chunks_for(duration: float, rate: float) -> int:
     video shorter than one chunk still gives one. The count is within 1 of ``duration * rate``.
     """
     return max(1, math.ceil(duration * rate - PARTIAL_CHUNK_TOL))
+
+
+def chunk_span(index: int, rate: float) -> tuple[float, float]:
+    """Chunk ``index`` covers ``[index / rate, (index + 1) / rate)`` seconds."""
+    return index / rate, (index + 1) / rate
+
+
+def middle_time(index: int | np.ndarray, rate: float) -> float | np.ndarray:
+    """The time whose frame represents chunk ``index``: its middle, ``(index + 0.5) / rate``."""
+    return (index + 0.5) / rate
+
+
+def frame_shown_at(starts: np.ndarray, t: float | np.ndarray) -> np.ndarray:
+    """Index of the frame shown at time ``t``: the last frame starting at or before ``t``, clamped to
+    the frames given (``starts``: the frames' start times in seconds, non-decreasing)."""
+    idx = np.searchsorted(starts, t, side="right") - 1
+    return np.clip(idx, 0, len(starts) - 1)
 
 
 class VideoReader:
@@ -105,8 +124,7 @@ class VideoReader:
 
     def frame_at(self, t: float | np.ndarray) -> np.ndarray:
         """Index of the frame shown at time ``t`` (seconds), clamped to the stream."""
-        idx = np.searchsorted(self.timestamps[:, 0], t, side="right") - 1
-        return np.clip(idx, 0, self.num_frames - 1)
+        return frame_shown_at(self.timestamps[:, 0], t)
 
     def get_frames(self, indices: list[int] | np.ndarray, where: str = "") -> np.ndarray:
         """Decode the given frames as RGB uint8 ``(len(indices), H, W, 3)``.
@@ -180,7 +198,7 @@ def chunk_frames(
         raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
     vr = video if isinstance(video, VideoReader) else VideoReader(video)
     total = vr.num_chunks(rate)
-    mids = vr.frame_at((np.arange(total) + 0.5) / rate)
+    mids = vr.frame_at(middle_time(np.arange(total), rate))
     for c0 in range(0, total, batch_chunks):
         c1 = min(c0 + batch_chunks, total)
         wanted = [np.array([mids[i]]) for i in range(c0, c1)]
@@ -194,7 +212,7 @@ def chunk_frames(
             if motion_pairs > 0:
                 window = motion_indices(mids[i], motion_pairs + 1, vr.num_frames)
                 motion = frames[[pos[int(f)] for f in window]]
-            yield Chunk(i, i / rate, (i + 1) / rate, frames[pos[int(mids[i])]], motion)
+            yield Chunk(i, *chunk_span(i, rate), frames[pos[int(mids[i])]], motion)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -194,6 +194,19 @@ class FeatureExtractor:
             for j, c in enumerate(chunks)
         ]
 
+    def featurize(self, chunks: list[Chunk]) -> list[ChunkFeatures]:
+        """The features of decoded chunks (e.g. the chunks of several live streams), run through the
+        backbone(s) as one batch; order kept.
+
+        Raises:
+            ValueError: a chunk without its motion frames while the extractor has a flow stream.
+        """
+        if not chunks:
+            return []
+        if self.flow is not None and any(c.motion is None for c in chunks):
+            raise ValueError(f"the flow stream needs {self.flow_pairs + 1} motion frames per chunk; a chunk has none")
+        return self._features(chunks)
+
     def iter_chunks(self, video: str | os.PathLike | VideoReader) -> Iterator[ChunkFeatures]:
         """Yield the features of each chunk in order, computed ``batch_chunks`` chunks at a time.
 
