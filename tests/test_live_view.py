@@ -70,7 +70,7 @@ def test_state_holds_every_streams_latest_and_history(sink):
         if i < 3:
             sink.chunk(record("b", i, status="dropped" if i == 2 else "scored"))
     sink.event("a", {"class_index": 1, "class_name": "Jump", "start_s": 0.25, "end_s": None}, "start")
-    sink.close_stream("b", {"reason": "ended", "chunks": 3})
+    sink.close_stream("b", {"reason": "ended", "chunks": 3, "latency_p95_s": float("nan"), "n": np.int64(2)})
     st = get_json(sink.url + "state")
     assert st["class_names"] == NAMES and set(st["streams"]) == {"a", "b"}
     a, b = st["streams"]["a"], st["streams"]["b"]
@@ -80,6 +80,7 @@ def test_state_holds_every_streams_latest_and_history(sink):
     assert a["latest"]["scores"] == pytest.approx(expected.tolist(), abs=1e-4)
     assert a["events"][0]["event"]["class_name"] == "Jump" and a["meta"]["source"] == "rtsp://a"
     assert b["ended"] and b["summary"]["chunks"] == 3 and b["latest"]["status"] == "dropped"
+    assert b["summary"]["latency_p95_s"] is None and b["summary"]["n"] == 2  # NaN and numpy values made plain
     page = NO_PROXY.open(sink.url, timeout=10).read().decode()
     assert "EventSource" in page and "://" not in page  # self-contained: no address of anything elsewhere
 

@@ -11,7 +11,7 @@ machine's load hits them alike), per *tick* (one chunk of every stream):
 - **optical flow**: Farneback fields of ``pairs`` consecutive frame pairs per stream (:mod:`oad.video.flow`,
   OpenCV, CPU), and **flow backbone**: the motion stream's network, batched;
 - **online step**: the registry's model at its paper size (OadTR by default) with the configuration's
-  ``in_dim``, window full (the steady state), the ``N`` streams in one batched step.
+  ``in_dim`` and precision, window full (the steady state), the ``N`` streams in one batched step.
 
 The tick's cost is the sum of the stages' medians: stages run one after the other (a pipeline that
 decodes in its own thread overlaps decoding with the rest, so this is the cost's upper end). The real-time
@@ -62,6 +62,7 @@ class PipelineConfig:
     crop: int
     flow_backbone: str | None = None
     pairs: int = 5
+    precision: str = "fp32"  # of the online step: fp32 | bf16 | int8 (int8: CPU only, fp32 elsewhere)
 
 
 def preset_config(name: str = PRESET) -> PipelineConfig:
@@ -71,7 +72,8 @@ def preset_config(name: str = PRESET) -> PipelineConfig:
     p = OmegaConf.load(REPO / "configs" / "preset" / f"{name}.yaml")
     flow = bool(p.get("flow", False))
     return PipelineConfig(f"preset {name}", p.backbone.name, flow, int(p.resize), int(p.crop),
-                          p.get("flow_backbone", {}).get("name") if flow else None)
+                          p.get("flow_backbone", {}).get("name") if flow else None,
+                          precision=p.get("precision") or "fp32")
 
 
 def configurations() -> list[PipelineConfig]:
@@ -132,8 +134,10 @@ class _Ticks:
         entry = registry.get(model)
         net = (registry.tiny_model(model, in_dim=self.in_dim) if tiny
                else entry.build_paper(in_dim=self.in_dim).eval().requires_grad_(False))
-        self.model = f"{type(net).__name__} ({'tiny' if tiny else 'paper size'}, in_dim {self.in_dim})"
-        self.det = OnlineDetector(net, device=device)
+        precision = cfg.precision if cfg.precision != "int8" or device.type == "cpu" else "fp32"
+        self.model = f"{type(net).__name__} ({'tiny' if tiny else 'paper size'}, in_dim {self.in_dim}, {precision})"
+        self.det = OnlineDetector(net, dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}[precision],
+                                  device=device)
         gen = torch.Generator().manual_seed(0)
         window = getattr(net, "window", None) or 64
         with torch.inference_mode():
@@ -229,7 +233,8 @@ def end_to_end(video: Path, cfg: PipelineConfig, model: str, tiny: bool, workdir
             composed = compose("stream", overrides=overrides)
     res = stream(composed)
     m = res["meta"]
-    return {"configuration": cfg.name, "model": f"{type(net).__name__} in_dim {dim}", "chunks": m["num_chunks"],
+    return {"configuration": cfg.name, "model": f"{type(net).__name__} in_dim {dim}, {m['precision']}",
+            "chunks": m["num_chunks"], "detector_ms": m["detector_ms_per_chunk"],
             "video_s": m["duration_s"], "wall_s": m["wall_s"], "real_time_factor": m["real_time_factor"],
             "events": len(res["events"])}
 
@@ -351,6 +356,6 @@ def format_table(r: dict[str, Any]) -> str:
         e = r["end_to_end"]
         lines += ["", f"whole pipeline, {e['configuration']} (tools/stream.py +preset={PRESET}, decode to events, "
                       f"{e['model']}): {e['chunks']} chunks of a {e['video_s']:.1f} s video in {e['wall_s']:.2f} s, "
-                      f"real-time factor {e['real_time_factor']:.2f}"]
+                      f"real-time factor {e['real_time_factor']:.2f} (detector {e['detector_ms']:.1f} ms/chunk)"]
     lines.append(f"total {r['total_s']:.0f} s")
     return "\n".join(lines)

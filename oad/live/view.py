@@ -79,6 +79,21 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, default=str, allow_nan=False, separators=(",", ":"))
 
 
+def _plain(obj: Any) -> Any:
+    """A JSON-able copy: containers and numpy values made plain, NaN/Inf as None, anything else as text."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, deque, np.ndarray)):
+        return [_plain(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj if obj is None or isinstance(obj, str) else str(obj)
+
+
 class _Client:
     """One /events connection: a bounded queue the pipeline never waits on."""
 
@@ -189,7 +204,7 @@ class ViewSink:
 
     # -- the Sink interface ---------------------------------------------------------------------------
     def open_stream(self, stream: str, meta: dict[str, Any]) -> None:
-        safe = json.loads(_json({k: v for k, v in meta.items() if k != "class_names"}))  # JSON-able copy
+        safe = _plain({k: v for k, v in meta.items() if k != "class_names"})
         with self._lock:
             self._publish({"type": "open", "stream": stream, "meta": safe})
 
@@ -199,12 +214,12 @@ class ViewSink:
             self._publish(msg)
 
     def event(self, stream: str, event: dict[str, Any], what: str) -> None:
-        safe = json.loads(_json(event))
+        safe = _plain(event)
         with self._lock:
             self._publish({"type": "event", "stream": stream, "what": what, "event": safe})
 
     def close_stream(self, stream: str, summary: dict[str, Any]) -> None:
-        safe = json.loads(_json(summary))
+        safe = _plain(summary)
         with self._lock:
             self._publish({"type": "close", "stream": stream, "summary": safe})
 
