@@ -309,13 +309,13 @@ header { display: flex; gap: 16px; align-items: baseline; padding: 10px 16px; ba
 header h1 { font-size: 17px; margin: 0; }
 #conn { font-size: 12px; color: #9aa0a6; }
 #conn.live { color: #7bd88f; } #conn.lost { color: #ff7b72; }
-#streams { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 12px; padding: 12px; }
+#streams { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 12px; padding: 12px; }
 .stream { background: #1f232b; border-radius: 8px; padding: 10px 12px; }
 .stream h2 { font-size: 15px; margin: 0 0 6px; display: flex; justify-content: space-between; gap: 8px; }
 .stream h2 .info { font-weight: normal; font-size: 12px; color: #9aa0a6; }
 .stream.ended h2 .info { color: #ffb454; }
 .top { list-style: none; margin: 0; padding: 0; }
-.top li { display: grid; grid-template-columns: 150px 1fr 52px; gap: 8px; align-items: center; height: 20px; }
+.top li { display: grid; grid-template-columns: 140px 1fr 52px; gap: 8px; align-items: center; height: 20px; }
 .top .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .top .bar { height: 10px; background: #2c313a; border-radius: 5px; overflow: hidden; }
 .top .bar span { display: block; height: 100%; border-radius: 5px; }
@@ -324,6 +324,9 @@ header h1 { font-size: 17px; margin: 0; }
 .status.dropped, .status.skipped { color: #ff7b72; font-weight: 600; }
 .upcoming { height: 20px; font-size: 13px; color: #ffd580; }
 canvas { width: 100%; height: 150px; display: block; margin-top: 6px; background: #171a20; border-radius: 4px; }
+.legend { font-size: 12px; color: #b0b6be; min-height: 16px; margin-top: 3px; }
+.legend span { margin-right: 10px; white-space: nowrap; }
+.legend i { display: inline-block; width: 10px; height: 3px; margin-right: 4px; vertical-align: middle; }
 .events { font-size: 12px; color: #b0b6be; max-height: 54px; overflow: hidden; margin-top: 4px; }
 #empty { padding: 24px; color: #9aa0a6; }
 </style>
@@ -335,6 +338,7 @@ canvas { width: 100%; height: 150px; display: block; margin-top: 6px; background
 <script>
 "use strict";
 const WINDOW_S = 60;  // seconds of the timeline
+const LINE_MIN = 0.1, MAX_LINES = 6;  // which classes get a line in the timeline
 const state = {classNames: [], rate: 4, ignore: null, background: null, streams: new Map()};
 const palette = ["#4e9bff", "#ff9f43", "#7bd88f", "#ff6b8b", "#c792ea", "#ffd580", "#5ad4e6", "#f78c6c",
                  "#a3be8c", "#e06c75", "#56b6c2", "#d19a66"];
@@ -349,7 +353,7 @@ function streamView(name) {
   el.dataset.stream = name;
   el.innerHTML = `<h2><span class="title"></span><span class="info"></span></h2>
     <div class="status"></div><ul class="top"></ul><div class="upcoming"></div>
-    <canvas width="900" height="150"></canvas><div class="events"></div>`;
+    <canvas width="900" height="150"></canvas><div class="legend"></div><div class="events"></div>`;
   el.querySelector(".title").textContent = name;
   document.getElementById("streams").appendChild(el);
   document.getElementById("empty").style.display = "none";
@@ -423,22 +427,34 @@ function render(s) {
 
 function drawTimeline(s) {
   const c = s.el.querySelector("canvas"), g = c.getContext("2d");
-  const w = c.width, h = c.height, pad = 4;
+  const box = c.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+  if (box.width > 0 && c.width !== Math.round(box.width * dpr)) {  // draw at the canvas's own size: no stretching
+    c.width = Math.round(box.width * dpr); c.height = Math.round(box.height * dpr);
+  }
+  const w = c.width, h = c.height, pad = 4 * dpr;
   g.clearRect(0, 0, w, h);
   if (!s.history.length) return;
   const t1 = Math.max(WINDOW_S, s.history[s.history.length - 1].end_s), t0 = t1 - WINDOW_S;
   const x = t => (t - t0) / WINDOW_S * w, y = p => h - pad - p * (h - 2 * pad);
   g.strokeStyle = "#2c313a"; g.lineWidth = 1;
   for (const p of [0.25, 0.5, 0.75]) { g.beginPath(); g.moveTo(0, y(p)); g.lineTo(w, y(p)); g.stroke(); }
+  g.fillStyle = "#6b7280"; g.font = `${11 * dpr}px system-ui, sans-serif`;
+  for (let t = Math.ceil(t0 / 10) * 10; t <= t1; t += 10) {  // the stream's time, every 10 s
+    g.beginPath(); g.moveTo(x(t), 0); g.lineTo(x(t), h); g.stroke();
+    g.fillText(`${t} s`, x(t) + 3 * dpr, 12 * dpr);
+  }
   const shown = s.history.filter(m => m.end_s >= t0);
   // dropped and skipped chunks: red ticks at the bottom (the model never scored them)
   g.fillStyle = "rgba(255, 90, 80, 0.8)";
-  for (const m of shown) if (!m.scores) g.fillRect(x(m.start_s), h - pad - 4, Math.max(1, x(m.end_s) - x(m.start_s)), 4);
-  // the classes that were among the top 3 (background left out) in the window, one line each
-  const classes = new Set();
-  for (const m of shown) for (const [k] of (m.top || []).slice(0, 3)) if (k !== state.background) classes.add(k);
+  for (const m of shown) if (!m.scores) g.fillRect(x(m.start_s), h - pad - 4 * dpr, Math.max(1, x(m.end_s) - x(m.start_s)), 4 * dpr);
+  // one line per class that was among a chunk's top 3 at >= LINE_MIN in the window (background left out),
+  // the MAX_LINES highest
+  const peak = new Map();
+  for (const m of shown) for (const [k, , p] of (m.top || []).slice(0, 3))
+    if (k !== state.background && p >= LINE_MIN) peak.set(k, Math.max(p, peak.get(k) || 0));
+  const classes = [...peak.keys()].sort((a, b) => peak.get(b) - peak.get(a)).slice(0, MAX_LINES);
   for (const k of classes) {
-    g.strokeStyle = color(k); g.lineWidth = 2; g.beginPath();
+    g.strokeStyle = color(k); g.lineWidth = 1.5 * dpr; g.beginPath();
     let open = false;
     for (const m of shown) {
       if (!m.scores) { open = false; continue; }
@@ -447,6 +463,14 @@ function drawTimeline(s) {
       open = true;
     }
     g.stroke();
+  }
+  const legend = s.el.querySelector(".legend");
+  legend.replaceChildren();
+  for (const k of classes) {
+    const span = document.createElement("span"), swatch = document.createElement("i");
+    swatch.style.background = color(k);
+    span.append(swatch, state.classNames[k] || String(k));
+    legend.appendChild(span);
   }
 }
 
