@@ -38,8 +38,8 @@ def test_pipeline_bench_prints_every_stage_row(capsys, tmp_path):
         for value in [s for s in stages if s != "-"] + cells[7:10]:
             assert float(value) > 0, line
         assert int(cells[10]) >= 0
-    e2e = re.search(r"whole pipeline, preset realtime_cpu .*?(\d+) chunks of a ([\d.]+) s video .* real-time factor ([\d.]+)",
-                    out)
+    e2e = re.search(r"whole pipeline, preset realtime_cpu .*?(\d+) chunks of a ([\d.]+) s video "
+                    r".* real-time factor ([\d.]+)", out)
     assert e2e and int(e2e.group(1)) == 8 and float(e2e.group(3)) > 0  # 2 s at 4 chunks/s
 
     import json

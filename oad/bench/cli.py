@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.add_argument("--models", action="store_true",
                    help="only every model's online step side by side (oad.bench.models): GFLOP/chunk and ms")
-    p.add_argument("--reps", type=int, default=None, help="--models, --int8 (default 20), --pipeline (default 10): round-robin steps per configuration "
+    p.add_argument("--reps", type=int, default=None,
+                   help="--models, --int8 (default 20), --pipeline (default 10): round-robin steps per configuration "
                    "(--int8: at batch 1; max(3, reps // 4) with --streams streams)")
     p.add_argument("--dtypes", default="fp32,bf16", help="--models: comma-separated dtypes (fp32, bf16)")
     p.add_argument("--only", default=None,
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(oad.bench.pipeline)")
     p.add_argument("--video-size", default="640x360", help="--pipeline: the generated video's WxH (default 640x360)")
     p.add_argument("--tiny", action="store_true",
-                   help="--pipeline: tiny frames, backbone input and model: a smoke run of the code (figures mean nothing)")
+                   help="--pipeline: tiny frames, backbone input and model: a smoke run of the code "
+                        "(figures mean nothing)")
     args = p.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     if args.list_models:

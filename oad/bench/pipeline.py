@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -43,7 +44,7 @@ from oad.timing import device_sync, round_robin
 
 __all__ = ["PRESET", "PipelineConfig", "configurations", "format_table", "run"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = "realtime_cpu"  # configs/preset/<PRESET>.yaml: the configuration that keeps up on a 2-core CPU
@@ -242,7 +243,7 @@ def end_to_end(video: Path, cfg: PipelineConfig, model: str, tiny: bool, workdir
 def run(streams: int = 4, reps: int = 10, video_seconds: float = 6.0, size: tuple[int, int] = (640, 360),
         fps: int = 25, configs: list[PipelineConfig] | None = None, model: str = "oadtr", tiny: bool = False,
         e2e: bool = True, e2e_seconds: float = 30.0, devices: list[str] | None = None,
-        log: Callable[[str], None] = log.info) -> dict[str, Any]:
+        log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Measure every stage of every configuration at 1 and ``streams`` streams on each device.
 
     Args:
@@ -309,8 +310,6 @@ def run(streams: int = 4, reps: int = 10, video_seconds: float = 6.0, size: tupl
             long_video = write_test_video(Path(tmp) / "e2e.mp4", e2e_seconds, fps=fps, size=size)
             result["end_to_end"] = end_to_end(long_video, preset, model, tiny, Path(tmp))
     try:
-        import os
-
         result["machine"]["loadavg_after"] = os.getloadavg()
     except OSError:
         pass

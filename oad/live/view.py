@@ -446,7 +446,8 @@ function drawTimeline(s) {
   const shown = s.history.filter(m => m.end_s >= t0);
   // dropped and skipped chunks: red ticks at the bottom (the model never scored them)
   g.fillStyle = "rgba(255, 90, 80, 0.8)";
-  for (const m of shown) if (!m.scores) g.fillRect(x(m.start_s), h - pad - 4 * dpr, Math.max(1, x(m.end_s) - x(m.start_s)), 4 * dpr);
+  for (const m of shown)
+    if (!m.scores) g.fillRect(x(m.start_s), h - pad - 4 * dpr, Math.max(1, x(m.end_s) - x(m.start_s)), 4 * dpr);
   // one line per class that was among a chunk's top 3 at >= LINE_MIN in the window (background left out),
   // the MAX_LINES highest
   const peak = new Map();
