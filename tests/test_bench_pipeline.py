@@ -18,6 +18,18 @@ def test_the_preset_is_the_mobile_rgb_configuration():
     assert [c.flow for c in pipeline.configurations()] == [True, True, False]
 
 
+@pytest.mark.parametrize("task", ["stream", "extract"])
+def test_the_preset_composes_for_streaming_and_extraction(task, tmp_path):
+    """The same ``+preset=realtime_cpu`` makes the checkpoint's features and streams with them."""
+    from tests.conftest import compose_cfg
+
+    args = ["ckpt_path=c.ckpt"] if task == "stream" else ["videos=v", "output=o"]
+    cfg = compose_cfg(task, ["+preset=realtime_cpu", *args], tmp_path)
+    p = pipeline.preset_config()
+    assert (cfg.backbone.name, cfg.flow, cfg.resize, cfg.crop) == (p.backbone, p.flow, p.resize, p.crop)
+    assert cfg.precision == p.precision == "int8"
+
+
 def test_pipeline_bench_prints_every_stage_row(capsys, tmp_path):
     pytest.importorskip("av")
     json_path = tmp_path / "pipeline.json"
