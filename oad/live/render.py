@@ -24,7 +24,9 @@ __all__ = ["OverlayState", "RenderSink", "draw_overlay", "overlay_state", "video
 
 log = logging.getLogger(__name__)
 
-TIME_BASE = Fraction(1, 90000)  # presentation timestamps of the written frames (the MPEG clock)
+# presentation timestamps of the written frames: the 90 kHz MPEG clock; MPEG-4 part 2 allows time bases only
+# up to 1/65535, so milliseconds there
+TIME_BASES = {"libx264": Fraction(1, 90000), "mpeg4": Fraction(1, 1000)}
 BANNER = 0.24  # banner height, as a fraction of the frame height (at least MIN_BANNER pixels)
 MIN_BANNER = 30
 STATUS_TEXT = {"dropped": "dropped: the model never saw this chunk", "skipped": "skipped: non-finite features"}
@@ -176,9 +178,11 @@ class _Writer:
         w, h = size
         self.size = (w - w % 2, h - h % 2)  # yuv420p needs even sides
         self.container = av.open(str(path), "w")
-        self.stream = self.container.add_stream(video_codec(), rate=self.fps)
+        codec = video_codec()
+        self.time_base = TIME_BASES[codec]
+        self.stream = self.container.add_stream(codec, rate=self.fps)
         self.stream.width, self.stream.height, self.stream.pix_fmt = *self.size, "yuv420p"
-        self.stream.codec_context.time_base = TIME_BASE
+        self.stream.codec_context.time_base = self.time_base
         if self.stream.codec_context.name == "mpeg4":
             self.stream.bit_rate = 4_000_000
         self.t0 = float(times[0])
@@ -194,8 +198,8 @@ class _Writer:
 
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        pts = max(int(round((t - self.t0) / TIME_BASE)), self.last_pts + 1)  # the stream's own times, increasing
-        vf.pts, vf.time_base = pts, TIME_BASE
+        pts = max(int(round((t - self.t0) / self.time_base)), self.last_pts + 1)  # the stream's times, increasing
+        vf.pts, vf.time_base = pts, self.time_base
         self.last_pts = pts
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
