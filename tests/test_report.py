@@ -14,6 +14,7 @@ tests are skipped, with the reason, only where neither works.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -261,10 +262,10 @@ def chromium():
     return found
 
 
-@pytest.fixture(scope="module")
-def page(chromium, report, tmp_path_factory):
-    """A DevTools session on report.html, loaded in a 1100x1000 viewport with the video's metadata."""
-    udd = tmp_path_factory.mktemp("chromium-profile")
+@contextlib.contextmanager
+def browser_page(chromium: str, udd, width: int = 1100, height: int = 1000):
+    """Headless Chromium (profile folder ``udd``) and a DevTools session on its blank page, with the
+    Runtime, Log, Page and Network events on, in a ``width`` x ``height`` viewport; the browser is ended after."""
     proc = subprocess.Popen(
         [chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={udd}", "--no-sandbox",
          "--disable-gpu", "--autoplay-policy=no-user-gesture-required", "--no-first-run",
@@ -282,15 +283,11 @@ def page(chromium, report, tmp_path_factory):
         cdp = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         for domain in ("Runtime", "Log", "Page", "Network"):
             cdp.call(f"{domain}.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=1100, height=1000, deviceScaleFactor=1, mobile=False)
-        cdp.call("Page.navigate", url=(report[1] / "report.html").as_uri())
-        cdp.wait_event("Page.loadEventFired")
-        ok = cdp.js("""new Promise(done => { const v = document.getElementById('video');
-            if (v.readyState >= 2) done(true);
-            v.addEventListener('loadeddata', () => done(true)); v.addEventListener('error', () => done(false)); })""")
-        assert ok, f"Chromium cannot load the video: {cdp.js('document.getElementById(`video`).error?.message')}"
-        yield cdp
-        cdp.sock.close()
+        cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            yield cdp
+        finally:
+            cdp.sock.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the browser and its helper processes (its own session)
         try:
@@ -298,6 +295,19 @@ def page(chromium, report, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(chromium, report, tmp_path_factory):
+    """A DevTools session on report.html, loaded in a 1100x1000 viewport with the video's metadata."""
+    with browser_page(chromium, tmp_path_factory.mktemp("chromium-profile")) as cdp:
+        cdp.call("Page.navigate", url=(report[1] / "report.html").as_uri())
+        cdp.wait_event("Page.loadEventFired")
+        ok = cdp.js("""new Promise(done => { const v = document.getElementById('video');
+            if (v.readyState >= 2) done(true);
+            v.addEventListener('loadeddata', () => done(true)); v.addEventListener('error', () => done(false)); })""")
+        assert ok, f"Chromium cannot load the video: {cdp.js('document.getElementById(`video`).error?.message')}"
+        yield cdp
 
 
 def seek_and_wait(page, action_js: str = "", click: tuple[float, float] | None = None) -> dict:
