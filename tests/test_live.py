@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -460,3 +461,49 @@ def test_standard_input_is_a_source(tmp_path, ckpt):
     stream(live_cfg(ckpt, tmp_path / "file", source=tmp_path / "clip.ts"))
     np.testing.assert_allclose(scores_of(lines), scores_of(stream_files(tmp_path / "file" / "clip")[0]), atol=1e-5,
                                rtol=0)
+
+
+def test_render_and_view_follow_a_live_run(tmp_path, ckpt):
+    """render=true and view=<port> in the live pipeline: render.mp4 holds every frame of the stream (decoded
+    back: count and duration), its banner differs from the input frames; the live page's /state, read while
+    the run goes on, holds the chunks scored so far and, at the end, all of them."""
+    import urllib.request
+
+    from oad.tasks.streaming import stream
+
+    n = 2 * FPS + 5
+    (tmp_path / "clip.mp4").write_bytes(encode(n, fmt="mp4"))
+    import oad.live.view as view_module
+
+    urls, seen = [], []
+    real_init = view_module.ViewSink.__init__
+
+    def remember(self, *a, **k):
+        real_init(self, *a, **k)
+        urls.append(self.url)
+
+    real_chunk = view_module.ViewSink.chunk
+
+    def chunk_then_read(self, record):  # the page's state, read over HTTP while the run goes on
+        real_chunk(self, record)
+        with urllib.request.urlopen(urls[0].rstrip("/") + "/state", timeout=5) as r:
+            seen.append(json.loads(r.read()))
+
+    view_module.ViewSink.__init__, view_module.ViewSink.chunk = remember, chunk_then_read
+    try:
+        stream(live_cfg(ckpt, tmp_path / "out", source=tmp_path / "clip.mp4", render="true", view=0))
+    finally:
+        view_module.ViewSink.__init__, view_module.ViewSink.chunk = real_init, real_chunk
+    lines, _, _ = stream_files(tmp_path / "out" / "clip")
+    assert len(seen) == len(lines) == math.ceil(n / FPS * RATE) and urls[0].startswith("http://127.0.0.1:")
+    for i, state in enumerate(seen):  # after chunk i was handed over, the page's state holds chunks 0..i
+        history = state["streams"]["clip"]["history"]
+        assert [h["index"] for h in history] == list(range(i + 1))
+    with av.open(str(tmp_path / "out" / "clip" / "render.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        duration = float(c.streams.video[0].duration * c.streams.video[0].time_base)
+    assert len(frames) == n and duration == pytest.approx(n / FPS, abs=1.5 / FPS)
+    # the banner (top rows) is drawn over; far below it the picture is the input's (up to coding noise)
+    first = picture(0).astype(float)
+    assert np.abs(frames[0][:10].astype(float) - first[:10]).mean() > 20
+    assert np.abs(frames[0][-12:-8].astype(float) - first[-12:-8]).mean() < 12
