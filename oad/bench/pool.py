@@ -7,9 +7,9 @@ model at paper size (:mod:`oad.models.registry`), milliseconds per tick of ``N``
 - ``detector xN``: one :class:`oad.online.OnlineDetector` stepping the ``N`` streams as one batch (the
   pool's floor: what its bookkeeping adds is the difference);
 - ``N detectors``: one detector per stream, stepped one after the other (the pool before batching);
-- ``pool, one skips``: the pool when one stream skips every other tick (its histories then differ in
-  length: two calls per tick, and a split each time the skipping stream is left out; recurrent models
-  merge it back instead).
+- ``pool, one skips``: the pool when one stream skips every other tick (ticks of ``N`` and ``N - 1``
+  streams; with a window or memory its history is then shorter than the others', so it is stepped apart,
+  a second call on the ticks it has a chunk; a recurrent model merges it back each time).
 
 Timed with :func:`oad.timing.round_robin` (the configurations in turn). Prints a Markdown table and the
 machine.
