@@ -187,6 +187,15 @@ def test_streams_stepped_together_are_one_call_and_rebatch(kind):
     assert pool.keys == list("abdef")
 
 
+def test_the_pool_benchmark_runs():
+    from oad.bench.pool import run
+
+    rows = run(["oadtr", "trn"], streams=3, reps=1, tiny=True)
+    assert [r["model"] for r in rows] == ["oadtr", "trn"]
+    assert all(set(r) == {"model", "pool", "detector x3", "3 detectors", "pool, one skips"} for r in rows)
+    assert all(v > 0 for r in rows for k, v in r.items() if k != "model")
+
+
 def test_pool_refuses_unknown_keys_and_bad_features():
     pool = StreamPool(make("linear"))
     pool.open("a")

@@ -56,13 +56,14 @@ def _configs(net: torch.nn.Module, n: int, gen: torch.Generator) -> dict[str, Ca
     }
 
 
-def run(models: list[str], streams: int, reps: int) -> list[dict[str, Any]]:
-    """Median ms per tick of every configuration of every model (paper size, float32, CPU)."""
+def run(models: list[str], streams: int, reps: int, tiny: bool = False) -> list[dict[str, Any]]:
+    """Median ms per tick of every configuration of every model (paper size, float32, CPU; ``tiny``: the
+    tests' tiny instances, to check the benchmark runs)."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     for name in models:
         torch.manual_seed(0)
-        net = registry.get(name).build_paper().eval()
+        net = registry.tiny_model(name) if tiny else registry.get(name).build_paper().eval()
         times = round_robin(_configs(net, streams, gen), reps=reps, warmup=2)
         rows.append({"model": name, **{k: 1e3 * statistics.median(v) for k, v in times.items()}})
     return rows

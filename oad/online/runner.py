@@ -125,6 +125,7 @@ class OnlineDetector:
 
     @property
     def engine(self) -> OnlineStep:
+        """The online step this detector runs (its weights and its streams' state)."""
         return self._engine
 
     def reset(self) -> None:
