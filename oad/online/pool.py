@@ -26,8 +26,10 @@ very next tick. Splits and merges copy the streams' state once (a few chunks' wo
 stream), never the weights.
 
 Scores per stream equal those of an :class:`~oad.online.OnlineDetector` fed only that stream's chunks
-since its last reset (float32: to rounding, as ``N`` streams stepped together equal each alone; int8:
-within the model's ``int8_tolerance``, as dynamic quantization scales each product by the whole batch).
+since its last reset, as ``N`` streams stepped together by one detector equal each alone: to rounding in
+float32 (except where rounding moves a key across MAT's top-k cut-off, as it does for the detector's
+``N`` streams); in int8 within the quantization noise, since dynamic quantization scales each product by
+the whole batch (``tests/test_stream_pool.py`` states the bounds).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class StreamPool:
     Attributes:
         engine_calls: batched online steps run so far (one per cohort stepped).
         detector: the :class:`OnlineDetector` whose step (weights, run device and dtype) every cohort
-            forks; its ``precision`` and ``implementation`` describe the pool's.
+            forks (it steps no stream itself); its ``precision`` and ``implementation`` describe the pool's.
     """
 
     def __init__(self, model: nn.Module, **detector_options: Any):
