@@ -6,12 +6,14 @@ action events (:class:`EventDetector`).
 - steps: :mod:`~oad.online.window` (window models), :mod:`~oad.online.oadtr` (OadTR, with the CPU
   engine of :mod:`~oad.online.fused_cpu`), :mod:`~oad.online.recurrent` (TRN), and one module per
   further model; a model's exportable step sits in the module of its online step;
+- :mod:`oad.online.pool`: many independent streams (open, close, reset, skip) batched through one model;
 - :mod:`oad.online.events`: events from per-chunk probabilities.
 """
 
 from oad.online.base import OnlineStep
 from oad.online.events import EventDetector
 from oad.online.fused_cpu import can_prepack
+from oad.online.pool import StreamPool
 from oad.online.runner import OnlineDetector, StepOutput
 
-__all__ = ["EventDetector", "OnlineDetector", "OnlineStep", "StepOutput", "can_prepack"]
+__all__ = ["EventDetector", "OnlineDetector", "OnlineStep", "StepOutput", "StreamPool", "can_prepack"]

@@ -41,6 +41,7 @@ from oad.online.quantized import (
     int8_linear_gelu,
     pack_linear,
 )
+from oad.online.base import StreamState
 from oad.online.window import RingBuffer
 
 
@@ -106,14 +107,17 @@ def _attention_sdpa(qkv: Tensor, heads: int, bias: Tensor | None = None) -> Tens
     return a.transpose(1, 2).reshape(N, S, d)
 
 
-class FusedOadTREngine:
+class FusedOadTREngine(StreamState):
     """The OadTR step as one functional forward over copied, fused weights (see the module docstring).
 
     Computes ``OadTR.forward_embedded`` of the window ending at the new chunk (eval mode: no dropout).
     With ``prepack`` the linear weights are reordered once into oneDNN's blocked layout, so no matrix
     product re-packs its weight at every step (faster per product on this project's CPUs:
-    ``docs/benchmarks.md``).
+    ``docs/benchmarks.md``). The streams' state is the ring buffer; the encoder input buffer and the first
+    decoder layer's constants expanded to ``N`` are rebuilt by :meth:`start`.
     """
+
+    stream_state = {"ring": 0}
 
     def __init__(self, net: OadTR, device: torch.device, dtype: torch.dtype, prepack: bool, int8: bool = False):
         self.device, self.dtype = device, dtype
@@ -226,10 +230,10 @@ class FusedOadTREngine:
         self.ring = RingBuffer(n, L, d, device, dtype)
         self.x0 = torch.empty(n, L + 1, d, device=device, dtype=dtype)  # encoder input, reused
         self.x0[:, L] = self.token_row  # the task token (+ its position) never changes
-        first = self.dec[0]
+        first = self.dec[0]  # shared by every split and merge of this engine: left alone
         # (Q, d) -> (N, Q, d); (H, Q, d/H) -> (N, H, Q, d/H): materialised once per reset
-        first["x1"] = first["const_x1"].expand(n, -1, -1).contiguous()
-        first["q"] = first["const_q"].expand(n, -1, -1, -1).contiguous()
+        self.first_x1 = first["const_x1"].expand(n, -1, -1).contiguous()
+        self.first_q = first["const_q"].expand(n, -1, -1, -1).contiguous()
 
     def prime(self, x: Tensor) -> None:
         self.ring.prime(x, lambda chunks: self.linear(chunks, *self.emb))
@@ -259,7 +263,7 @@ class FusedOadTREngine:
         dec = memory  # replaced in the first layer
         for j, p in enumerate(self.dec):
             if j == 0:
-                x1, q = p["x1"], p["q"]
+                x1, q = self.first_x1, self.first_q
             else:
                 # (N, Q, 3d) -> (3, N, H, Q, d/H)
                 qs, ks, vs = linear(dec, *p["sa_qkv"]).view(N, Q, 3, H, dh).permute(2, 0, 3, 1, 4).unbind(0)

@@ -91,6 +91,8 @@ class LSTRFamilyStep(OnlineStep):
     lookback = 0  # work chunks before the window that the scoring reads too
 
     quantize = staticmethod(quantize_lstr)
+    stream_state = {"work": 0}
+    counters = ("t",)
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)
@@ -134,6 +136,8 @@ class LSTRFamilyStep(OnlineStep):
 class LSTRStep(LSTRFamilyStep):
     """LSTR for ``n`` streams stepped together, equal to ``LSTR.forward_video`` on each stream: the long
     memory's per-chunk terms of the last ``L + W`` chunks, gathered for every window."""
+
+    stream_state = {**LSTRFamilyStep.stream_state, "scores": 0, "values": 0}
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)

@@ -39,6 +39,9 @@ class MATStep(OnlineStep):
     17-27% of the chunks.
     """
 
+    stream_state = {"keys": 0, "values": 0, "work": 0}
+    counters = ("t",)
+
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)
         self.ring = self.net.long_memory + self.net.work_memory  # chunks a window's long memory may use

@@ -45,6 +45,7 @@ class MiniROADStep(OnlineStep):
 
     quantize = staticmethod(quantize_linear)
     int8_label = "MiniROAD.step"
+    stream_state = {"h": 1}  # (num_layers, N, H); no counter: any streams merge
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)

@@ -38,6 +38,7 @@ class OadTRStep(OnlineStep):
 
     quantize = staticmethod(quantize_linear)  # the plain step's copy; the fused engine packs each weight alike
     copies_net = False
+    stream_state = {"impl": 0}  # the engine's own state
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, fused: bool | None = None,
                  prepack: bool | None = None, int8: bool = False):

@@ -28,6 +28,8 @@ class OadTRSWStep(OnlineStep):
 
     implementation = "kv-cache"
     quantize = staticmethod(quantize_linear)
+    stream_state = {"enc_kv": 0, "ro_kv": 0, "dec_kv": 0}  # (N, heads, slots, dh) caches
+    counters = ("count",)
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)

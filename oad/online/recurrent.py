@@ -22,6 +22,7 @@ class RecurrentStep(OnlineStep):
 
     quantize = staticmethod(quantize_linear)
     int8_label = "recurrent"
+    stream_state = {"state": 0}  # the model's state tensors, (N, ...) each; no counter: any streams merge
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)

@@ -78,6 +78,8 @@ class OnlineDetector:
         implementation: what the step runs (e.g. ``"fused oneDNN prepacked"``, ``"plain"``,
             ``"fused int8 dynamic (x86)"``).
         prepack: whether oneDNN prepacked weights are used.
+        engine: the online step it runs (:class:`oad.online.base.OnlineStep`; :class:`oad.online.pool.StreamPool`
+            forks it to batch streams of different histories).
     """
 
     def __init__(
@@ -120,6 +122,11 @@ class OnlineDetector:
         self.implementation = str(self._engine.implementation)
         self.prepack = bool(getattr(self._engine, "prepack", False))
         self.reset()
+
+    @property
+    def engine(self) -> OnlineStep:
+        """The online step this detector runs (its weights and its streams' state)."""
+        return self._engine
 
     def reset(self) -> None:
         """Start new streams: the next :meth:`step` fixes their number ``N`` (it may differ from before)."""

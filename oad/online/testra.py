@@ -45,6 +45,8 @@ The step shares its constructor, feature heads, compression and decoder with LST
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -65,6 +67,10 @@ class TeSTraStep(LSTRFamilyStep):
 
     cancel_ratio = 4.0
     recompute_every: int | None = None
+    # per phase p: (P, n, ...); the decayed part is None with the box kernel
+    stream_state = {**LSTRFamilyStep.stream_state, "pending_s": 0, "pending_v": 0, "fifo_s": 1, "fifo_v": 1,
+                    "m": 1, "Z1": 1, "G1": 1, "S1": 1, "Za": 1, "Ga": 1, "Sa": 1}
+    counters = (*LSTRFamilyStep.counters, "head", "count")  # the FIFOs' positions follow from t
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)
@@ -94,9 +100,15 @@ class TeSTraStep(LSTRFamilyStep):
         self.m = torch.zeros(P, n, H, Q1, **f32)
         self.Z1, self.G1 = torch.zeros(P, n, H, Q1, **f32), torch.zeros(P, n, H, Q1, **f32)
         self.S1 = torch.zeros(P, n, H, Q1, hd, **f32)
+        self.Za = self.Ga = self.Sa = None
         if self.decayed:
             self.Za, self.Ga = torch.zeros(P, n, H, Q1, **f32), torch.zeros(P, n, H, Q1, **f32)
             self.Sa = torch.zeros(P, n, H, Q1, hd, **f32)
+
+    def adopt(self, sources: Sequence[TeSTraStep]) -> None:
+        """Pushes since each phase's last recomputation: the most of the sources' (their sums are exact in
+        any case: recomputing earlier only bounds the rounding sooner)."""
+        self.since = [max(s.since[p] for s in sources) for p in range(self.P)]
 
     # -- running sums ------------------------------------------------------------------------------------
     def _push(self, p: int, s: Tensor, v: Tensor) -> None:

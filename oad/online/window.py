@@ -17,20 +17,26 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from oad.online.base import ExportStep, OnlineStep
+from oad.online.base import ExportStep, OnlineStep, StreamState
 from oad.online.quantized import quantize_linear
 
 
-class RingBuffer:
+class RingBuffer(StreamState):
     """The last ``L`` projected chunks of ``N`` streams, readable in chronological order without a copy.
 
     Every chunk is written at slot ``p = count % L`` and at ``p + L``, so ``buf[:, p + 1 : p + 1 + L]``
     is the window, oldest first. Slots that were never written hold zeros (the offline padding).
     """
 
+    stream_state = {"buf": 0}
+    counters = ("count",)
+
     def __init__(self, n: int, window: int, dim: int, device: torch.device, dtype: torch.dtype):
-        self.L = window
-        self.buf = torch.zeros(n, 2 * window, dim, device=device, dtype=dtype)  # (N, 2L, d)
+        self.L, self.dim, self.device, self.dtype = window, dim, device, dtype
+        self.start(n)
+
+    def start(self, n: int) -> None:
+        self.buf = torch.zeros(n, 2 * self.L, self.dim, device=self.device, dtype=self.dtype)  # (N, 2L, d)
         self.count = 0
 
     def push(self, e: Tensor) -> Tensor:
@@ -60,6 +66,7 @@ class WindowStep(OnlineStep):
 
     quantize = staticmethod(quantize_linear)
     int8_label = "plain"
+    stream_state = {"ring": 0}
 
     def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, int8: bool = False):
         super().__init__(net, device, dtype, int8)
