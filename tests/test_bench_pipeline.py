@@ -50,9 +50,13 @@ def test_pipeline_bench_prints_every_stage_row(capsys, tmp_path):
         for value in [s for s in stages if s != "-"] + cells[7:10]:
             assert float(value) > 0, line
         assert int(cells[10]) >= 0
-    e2e = re.search(r"whole pipeline, preset realtime_cpu .*?(\d+) chunks of a ([\d.]+) s video "
-                    r".* real-time factor ([\d.]+)", out)
-    assert e2e and int(e2e.group(1)) == 8 and float(e2e.group(3)) > 0  # 2 s at 4 chunks/s
+    e2e = re.findall(r"whole pipeline, preset realtime_cpu .*?, (\d+) stream\(s\) (as fast as it can|paced at real "
+                     r"time): (\d+) chunks of a ([\d.]+) s video per stream .* real-time factor ([\d.]+) .*, (\d+) "
+                     r"dropped, latency p50/p95/max (\d+) / (\d+) / (\d+) ms", out)
+    assert [(int(n), how[:2]) for n, how, *_ in e2e] == [(1, "as"), (1, "pa"), (2, "as"), (2, "pa")], out
+    for _, _, chunks, seconds, rtf, dropped, p50, p95, top in e2e:  # 2 s at 4 chunks/s, every stream
+        assert int(chunks) == 8 and float(seconds) == pytest.approx(2.0, abs=0.1) and float(rtf) > 0
+        assert int(p50) <= int(p95) <= int(top) and 0 <= int(dropped) <= 2 * 8
 
     import json
 

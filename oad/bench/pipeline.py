@@ -17,8 +17,9 @@ The tick's cost is the sum of the stages' medians: stages run one after the othe
 decodes in its own thread overlaps decoding with the rest, so this is the cost's upper end). The real-time
 factor is the chunk's seconds over that cost (>= 1: keeps up); the streams sustained are the most streams
 whose tick still fits in one chunk period, from the 1- and ``N``-stream costs (linear in the streams).
-With ``e2e``, the real-time preset (``configs/preset/realtime_cpu.yaml``) also runs through the whole
-streaming task (decode to events: ``oad.tasks.streaming.stream``) on the same video.
+With ``e2e``, the real-time preset (``configs/preset/realtime_cpu.yaml``) also runs through the whole live
+pipeline (``tools/stream.py sources=[...]``, decode to events: :func:`end_to_end`) at 1 and ``N`` streams,
+read as fast as it goes (the real-time factor) and paced at real time (drops and latency).
 
 Random weights throughout: cost does not depend on them, and no accuracy is measured here.
 """
@@ -201,9 +202,19 @@ def _sustained(cost1: float, costn: float, n: int, period: float) -> int:
     return max(1, int(math.floor(1 + (period - cost1) / slope + 1e-9)))
 
 
-def end_to_end(video: Path, cfg: PipelineConfig, model: str, tiny: bool, workdir: Path) -> dict[str, Any]:
-    """The preset through the whole streaming task (``tools/stream.py video=... +preset=...``, decode to
-    events) on the bench's video, with random weights: its chunks, wall time and real-time factor."""
+def end_to_end(video: Path, cfg: PipelineConfig, model: str, tiny: bool, workdir: Path,
+               streams: tuple[int, ...] = (1, 4)) -> list[dict[str, Any]]:
+    """The preset through the whole live pipeline (``tools/stream.py +preset=... sources=[...]``: PyAV
+    decoding threads, bounded queues, the backbone, the stream pool, events, the output files) on the bench's
+    video, with random weights. For each ``N`` in ``streams``: ``N`` copies read as fast as the pipeline
+    takes them (``realtime=false``: the real-time factor, stream seconds per wall second, of the slowest
+    stream), then the same ``N`` paced at the video's own timestamps as cameras deliver them
+    (``realtime=true``: dropped chunks and the latency from a chunk's last frame to its scores).
+
+    Returns:
+        One row per ``N`` and pacing: ``configuration, model, streams, realtime, chunks`` (per stream),
+        ``video_s, wall_s, real_time_factor`` (the slowest stream's), ``dropped, latency_s`` (p50/p95/max).
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -220,24 +231,35 @@ def end_to_end(video: Path, cfg: PipelineConfig, model: str, tiny: bool, workdir
     names = ["Background"] + [f"action_{i}" for i in range(1, 21)] + ["Ambiguous"]
     ckpt = workdir / "model.ckpt"
     save_network(ckpt, net, config, {"class_names": names, "ignore_index": 21, "fps": RATE, "stream_dims": [dim]})
-    out = workdir / "e2e"
-    overrides = [f"+preset={PRESET}", f"video={video}", f"ckpt_path={ckpt}", "backbone.weights=random",
-                 "backbone.allow_random=true", "progress=false", "plot=false", f"output_dir={out}",
-                 f"paths.output_dir={out}"]
-    if tiny:
-        overrides += [f"resize={cfg.resize}", f"crop={cfg.crop}"]
-    live = GlobalHydra.instance().is_initialized()
-    if live:
-        composed = compose("stream", overrides=overrides)
-    else:
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            composed = compose("stream", overrides=overrides)
-    res = stream(composed)
-    m = res["meta"]
-    return {"configuration": cfg.name, "model": f"{type(net).__name__} in_dim {dim}, {m['precision']}",
-            "chunks": m["num_chunks"], "detector_ms": m["detector_ms_per_chunk"],
-            "video_s": m["duration_s"], "wall_s": m["wall_s"], "real_time_factor": m["real_time_factor"],
-            "events": len(res["events"])}
+    rows = []
+    for n in streams:
+        copies = []
+        for i in range(n):  # one file per stream: each source its own decoder and name
+            copies.append(workdir / f"e2e_{i}{video.suffix}")
+            if not copies[-1].exists():
+                os.link(video, copies[-1])
+        for realtime in (False, True):
+            out = workdir / f"e2e_{n}_{'paced' if realtime else 'fast'}"
+            overrides = [f"+preset={PRESET}", "sources=[" + ",".join(str(c) for c in copies) + "]",
+                         f"realtime={str(realtime).lower()}", f"ckpt_path={ckpt}", "backbone.weights=random",
+                         "backbone.allow_random=true", "progress=false", "plot=false", f"output_dir={out}",
+                         f"paths.output_dir={out}"]
+            if tiny:
+                overrides += [f"resize={cfg.resize}", f"crop={cfg.crop}"]
+            if GlobalHydra.instance().is_initialized():
+                composed = compose("stream", overrides=overrides)
+            else:
+                with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+                    composed = compose("stream", overrides=overrides)
+            res = stream(composed)
+            per = list(res["streams"].values())
+            o = res["overall"]
+            rows.append({"configuration": cfg.name, "model": f"{type(net).__name__} in_dim {dim}, {res['meta']['precision']}",
+                         "streams": n, "realtime": realtime, "chunks": min(s["chunks"] for s in per),
+                         "video_s": min(s["stream_s"] for s in per), "wall_s": o["wall_s"],
+                         "real_time_factor": min(s["real_time_factor"] for s in per),
+                         "dropped": o["dropped_chunks"], "latency_s": o["latency_s"]})
+    return rows
 
 
 def run(streams: int = 4, reps: int = 10, video_seconds: float = 6.0, size: tuple[int, int] = (640, 360),
@@ -253,7 +275,8 @@ def run(streams: int = 4, reps: int = 10, video_seconds: float = 6.0, size: tupl
         configs: the configurations (default :func:`configurations`).
         model: the registry's model of the online step.
         tiny: the registry's tiny model instead of the paper-size one (a smoke run: figures mean nothing).
-        e2e: also run the preset through the whole streaming task, on a video of ``e2e_seconds`` (long enough
+        e2e: also run the preset through the whole live pipeline (:func:`end_to_end`, 1 and ``streams`` streams),
+            on a video of ``e2e_seconds`` (long enough
             that loading the model and the first steps weigh little in its real-time factor).
         devices: where the backbones and the step run (default: the CPU, and CUDA when available);
             decoding and optical flow are on the CPU.
@@ -308,7 +331,8 @@ def run(streams: int = 4, reps: int = 10, video_seconds: float = 6.0, size: tupl
             log(f"preset {PRESET} through the streaming task (decode to events) on a {e2e_seconds:g} s video ...")
             preset = next((c for c in configs if c.name == f"preset {PRESET}"), preset_config())
             long_video = write_test_video(Path(tmp) / "e2e.mp4", e2e_seconds, fps=fps, size=size)
-            result["end_to_end"] = end_to_end(long_video, preset, model, tiny, Path(tmp))
+            result["end_to_end"] = end_to_end(long_video, preset, model, tiny, Path(tmp),
+                                              streams=tuple(sorted({1, int(streams)})))
     try:
         result["machine"]["loadavg_after"] = os.getloadavg()
     except OSError:
@@ -351,10 +375,16 @@ def format_table(r: dict[str, Any]) -> str:
               "N-stream costs)"]
     models = sorted({f"{row['configuration']}: {row['model']}" for row in r["rows"]})
     lines += ["online step models: " + "; ".join(models)]
-    if "end_to_end" in r:
-        e = r["end_to_end"]
-        lines += ["", f"whole pipeline, {e['configuration']} (tools/stream.py +preset={PRESET}, decode to events, "
-                      f"{e['model']}): {e['chunks']} chunks of a {e['video_s']:.1f} s video in {e['wall_s']:.2f} s, "
-                      f"real-time factor {e['real_time_factor']:.2f} (detector {e['detector_ms']:.1f} ms/chunk)"]
+    e2e_lines = []
+    for e in r.get("end_to_end") or []:
+        lat = e["latency_s"] or {}
+        ms = " / ".join(f"{1e3 * lat[k]:.0f}" if lat.get(k) is not None else "-" for k in ("p50", "p95", "max"))
+        e2e_lines += [f"whole pipeline, {e['configuration']} (tools/stream.py +preset={PRESET}, decode to events, "
+                  f"{e['model']}), {e['streams']} stream(s) {'paced at real time' if e['realtime'] else 'as fast as it can'}: "
+                  f"{e['chunks']} chunks of a {e['video_s']:.1f} s video per stream in {e['wall_s']:.2f} s, "
+                  f"real-time factor {e['real_time_factor']:.2f} (slowest stream), {e['dropped']} dropped, "
+                  f"latency p50/p95/max {ms} ms"]
+    if e2e_lines:
+        lines += ["", *e2e_lines]
     lines.append(f"total {r['total_s']:.0f} s")
     return "\n".join(lines)
