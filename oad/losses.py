@@ -1,6 +1,6 @@
 """The training criteria, each its own module returning named terms and their weights (``weight_dict``):
 :class:`OadCriterion` (OadTR, TRN, the linear floor), :class:`MiniROADCriterion`, :class:`LSTRCriterion`
-(LSTR, TeSTra), :class:`CMeRTCriterion`. Every one is called ``criterion(logits, future_logits, target, future_target)`` with the
+(LSTR, TeSTra), :class:`MATCriterion`, :class:`CMeRTCriterion`. Every one is called ``criterion(logits, future_logits, target, future_target)`` with the
 outputs of the model's ``training_logits`` and returns a dict with the training ``loss``.
 
 OadTR/TRN: 
@@ -198,6 +198,55 @@ class LSTRCriterion(nn.Module):
         """``logits``/``target`` ``(B, W, C)`` -> ``{'current', 'loss'}``; the future arguments are ignored."""
         current = multi_cross_entropy(logits, target, self.ignore_index)
         return {"current": current, "loss": self.weight_dict["current"] * current}
+
+
+# --- MAT ----------------------------------------------------------------------------------------------
+
+
+class MATCriterion(nn.Module):
+    """MAT's training loss (reference ``perframe_det_trainer.py``): MCE on each work stage weighted
+    ``stage_weights`` (0.2 / 0.2 / 1.0: the decoder's pass, then each refinement) and on each future
+    stage weighted ``future_weight`` (0.1), on the causal rows (:meth:`oad.models.mat.MAT.training_logits`).
+
+    A stage's rows form one mean (:func:`multi_cross_entropy`, the reference ``MultipCrossEntropyLoss``):
+    the first pass over its ``W + A`` rows (the work chunks and the anticipated ones after the window),
+    a refinement over its last ``anticipation + 1`` rows only (the last work chunk and the anticipated
+    ones; its earlier work rows see the future tokens generated from the whole window, later chunks
+    included, so oad does not train them), a future stage over its ``F`` rows.
+
+    Args:
+        anticipation: anticipation rows ``A`` at the end of each work stage (the model's).
+        stage_weights: weight of each work stage, first pass first.
+        future_weight: weight of each future stage.
+        ignore_index: Ambiguous class (21 for THUMOS), or None.
+    """
+
+    def __init__(self, anticipation: int, stage_weights: tuple[float, ...] = (0.2, 0.2, 1.0),
+                 future_weight: float = 0.1, ignore_index: int | None = 21):
+        super().__init__()
+        self.anticipation, self.ignore_index = int(anticipation), ignore_index
+        self.stage_weights, self.future_weight = tuple(float(w) for w in stage_weights), float(future_weight)
+        self.weight_dict = {**{f"stage{i}": w for i, w in enumerate(self.stage_weights)}, "future": self.future_weight}
+
+    def forward(self, logits: Tensor, future_logits: Tensor, target: Tensor,
+                future_target: Tensor) -> dict[str, Tensor]:
+        """``logits (B, S, W + A, C)``, ``target (B, W + A, C)``, ``future_logits (B, P, F, C)``,
+        ``future_target (B, F, C)`` -> ``{'stage0', ..., 'future', 'loss'}`` (``future``: the sum over the
+        ``P`` future stages).
+
+        Raises:
+            ValueError: ``S`` is not the number of stage weights.
+        """
+        if logits.shape[1] != len(self.stage_weights):
+            raise ValueError(f"{logits.shape[1]} work stages, {len(self.stage_weights)} stage weights")
+        ii, rows = self.ignore_index, self.anticipation + 1
+        terms = {"stage0": multi_cross_entropy(logits[:, 0], target, ii)}
+        for i in range(1, logits.shape[1]):
+            terms[f"stage{i}"] = multi_cross_entropy(logits[:, i, -rows:], target[:, -rows:], ii)
+        terms["future"] = sum(multi_cross_entropy(future_logits[:, p], future_target, ii)
+                              for p in range(future_logits.shape[1]))
+        terms["loss"] = sum(self.weight_dict[k] * v for k, v in terms.items())
+        return terms
 
 
 # --- CMeRT --------------------------------------------------------------------------------------------
