@@ -146,3 +146,15 @@ def test_ema_best_checkpoint_is_chosen_and_tested_on_the_averaged_weights(tmp_pa
     ecfg = compose_cfg("eval", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer=cpu",
                                 "trainer.enable_progress_bar=false"], tmp_path / "eval")
     assert evaluate(ecfg)["metrics"]["mAP"] == pytest.approx(result["metrics"]["mAP"], abs=1e-9)
+
+
+def test_a_checkpoint_with_an_average_resumes_only_with_one(tmp_path, one_torch_thread):
+    """Resuming an EMA run without its ema: settings would train on from the averaged weights: refused."""
+    cfg = compose_cfg("train", [*TINY, "trainer.limit_train_batches=2", "test=false", "ema={decay: 0.5}"],
+                      tmp_path / "run")
+    train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    again = compose_cfg("train", [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=2", "test=false",
+                                  f"ckpt_path={last}"], tmp_path / "again")
+    with pytest.raises(ValueError, match="written with an EMA of the weights"):
+        train(again)

@@ -103,7 +103,8 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=instantiate_entries(cfg.get("logger")) or False,
         default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
     )
-    ckpt_path = check_resume_checkpoint(resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), net_config, net)
+    ckpt_path = check_resume_checkpoint(resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), net_config, net,
+                                        weight_averaging=any(isinstance(c, WeightAveraging) for c in configured))
     with warnings.catch_warnings():
         # the data module does resume a mid-epoch checkpoint where it was (oad.data.sampling); Lightning
         # only knows loaders that follow its own state protocol, and would warn that it does not
