@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from oad.losses import MATCriterion, OadCriterion, multi_cross_entropy, soft_cross_entropy
+from oad.losses import MATCriterion, OadCriterion, soft_cross_entropy
 
 
 def test_soft_cross_entropy_hand_computed():
@@ -77,9 +77,9 @@ def test_ambiguous_rule_for_soft_and_multi_label_rows():
 
 
 def test_mat_criterion_weights_stages_and_rows():
-    """MAT: 0.2 x the first pass over all W + A rows, 0.2 and 1.0 x each refinement over its last A + 1 rows
-    (the last work row and the anticipation rows), 0.1 x each future stage; rows a refinement leaves out
-    get no gradient."""
+    """MAT: 0.2 x the first pass over all W + A rows, 0.2 and 1.0 x each refinement on its last work row
+    (share W / (W + A)) and its anticipation rows (share A / (W + A)), 0.1 x each future stage; rows a
+    refinement leaves out get no gradient."""
     torch.manual_seed(0)
     W, A, F = 5, 2, 6
     crit = MATCriterion(anticipation=A, ignore_index=21)
@@ -97,11 +97,13 @@ def test_mat_criterion_weights_stages_and_rows():
         logp = torch.log_softmax(lg[:, :21], dim=1)
         return -(tg[keep, :21] * logp[keep]).sum() / keep.sum()
 
-    expected = (0.2 * mce(logits[:, 0], target) + 0.2 * mce(logits[:, 1, W - 1:], target[:, W - 1:])
-                + 1.0 * mce(logits[:, 2, W - 1:], target[:, W - 1:])
+    def refined(s):  # the last work row with the W work rows' share, the anticipation rows with theirs
+        return (W * mce(logits[:, s, W - 1], target[:, W - 1]) + A * mce(logits[:, s, W:], target[:, W:])) / (W + A)
+
+    expected = (0.2 * mce(logits[:, 0], target) + 0.2 * refined(1) + 1.0 * refined(2)
                 + 0.1 * (mce(future[:, 0], future_target) + mce(future[:, 1], future_target)))
     torch.testing.assert_close(terms["loss"], expected)
-    torch.testing.assert_close(terms["stage1"], multi_cross_entropy(logits[:, 1, W - 1:], target[:, W - 1:], 21))
+    torch.testing.assert_close(terms["stage2"], refined(2))
     terms["loss"].backward()
     assert logits.grad[:, 1:, : W - 1].abs().sum() == 0 and logits.grad[:, 0].abs().sum() > 0
     assert logits.grad[:, 1:, W - 1:, :21].abs().min(dim=-1).values.gt(0).all()

@@ -40,8 +40,9 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
   (0.1 each), so the work rows of a refinement learn from later chunks through the future tokens. oad keeps
   the reference's weights and targets (the ``A`` chunks after the window for the anticipation rows, the
   ``future_steps`` chunks after it for the future stages: labels, not inputs) but supervises a refinement
-  only on its last work row (the row scored at test time) and its anticipation rows, the rows that see
-  nothing after the chunk they score; the first pass (causal) on all its rows.
+  only on its last work row (the row scored at test time, with the share of the reference's ``W`` work
+  rows) and its anticipation rows, the rows that see nothing after the chunk they score; the first pass
+  (causal) on all its rows.
 - **Streaming equals the offline scoring** (:mod:`oad.online.mat`). The reference's stream mode is LSTR's,
   without the refinement, the groups or the top-k: it cannot reproduce its own batch results.
 - Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN), and
