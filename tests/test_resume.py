@@ -78,26 +78,29 @@ def kill(point: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["oadtr", "trn", "miniroad", "lstr"])
-def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(model, tmp_path):
+@pytest.mark.parametrize(("model", "ema"), [("oadtr", []), ("trn", []), ("miniroad", []), ("lstr", []),
+                                            ("oadtr", ["ema={decay: 0.6}"])],
+                         ids=["oadtr", "trn", "miniroad", "lstr", "oadtr_ema"])
+def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(model, ema, tmp_path):
     """Killed after step 3 (its step checkpoint is step 2's: step 3 is trained again), resumed, killed again
     at the end of epoch 0 (after its validation and last.ckpt), resumed to the end: the final weights are
-    bit-identical to an uninterrupted run's, and so is test/mAP."""
+    bit-identical to an uninterrupted run's, and so is test/mAP; with an EMA, so are the average and the
+    trained weights (the resumed run continues the average)."""
     ref = tmp_path / "uninterrupted"
-    res = train_tool(ref, f"model={model}")
+    res = train_tool(ref, f"model={model}", *ema)
     assert res.returncode == 0, res.stderr[-3000:]
 
     run = tmp_path / "killed"
     last = run / "checkpoints" / "last.ckpt"
-    res = train_tool(run, f"model={model}", *kill("step=3"))
+    res = train_tool(run, f"model={model}", *ema, *kill("step=3"))
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     assert load(last)["global_step"] == 2 and not (run / "metrics.json").exists()
     record = (run / ".hydra" / "overrides.yaml").read_bytes()
-    res = train_tool(run, f"model={model}", "ckpt_path=last", *kill("epoch=0"))
+    res = train_tool(run, f"model={model}", *ema, "ckpt_path=last", *kill("epoch=0"))
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     assert "Restored all states" in res.stderr + res.stdout
     assert load(last)["global_step"] == BATCHES and not (run / "metrics.json").exists()
-    res = train_tool(run, f"model={model}", "ckpt_path=last")
+    res = train_tool(run, f"model={model}", *ema, "ckpt_path=last")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1].startswith("test/mAP=")
 
