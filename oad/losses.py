@@ -1,6 +1,6 @@
 """The training criteria, each its own module returning named terms and their weights (``weight_dict``):
 :class:`OadCriterion` (OadTR, TRN, the linear floor), :class:`MiniROADCriterion`, :class:`LSTRCriterion`
-(LSTR, TeSTra), :class:`MATCriterion`, :class:`CMeRTCriterion`. Every one is called ``criterion(logits, future_logits, target, future_target)`` with the
+(LSTR, TeSTra), :class:`CMeRTCriterion`. Every one is called ``criterion(logits, future_logits, target, future_target)`` with the
 outputs of the model's ``training_logits`` and returns a dict with the training ``loss``.
 
 OadTR/TRN: 
@@ -198,61 +198,6 @@ class LSTRCriterion(nn.Module):
         """``logits``/``target`` ``(B, W, C)`` -> ``{'current', 'loss'}``; the future arguments are ignored."""
         current = multi_cross_entropy(logits, target, self.ignore_index)
         return {"current": current, "loss": self.weight_dict["current"] * current}
-
-
-# --- MAT ----------------------------------------------------------------------------------------------
-
-
-class MATCriterion(nn.Module):
-    """MAT's training loss (reference ``perframe_det_trainer.py``): MCE on each work stage weighted
-    ``stage_weights`` (0.2 / 0.2 / 1.0: the decoder's pass, then each refinement) and on each future
-    stage weighted ``future_weight`` (0.1), on the causal rows (:meth:`oad.models.mat.MAT.training_logits`).
-
-    Each term is :func:`multi_cross_entropy` (the reference ``MultipCrossEntropyLoss``). The first pass: one
-    mean over its ``W + A`` rows (the work chunks and the ``A`` anticipated ones after the window), as the
-    reference. A refinement: its earlier work rows see the future tokens generated from the whole window,
-    later chunks included, so oad trains only its last work row and its anticipation rows, and keeps the
-    reference's balance between the two: ``W / (W + A)`` of the stage's weight on the last work row (the
-    share of the ``W`` work rows in the reference's mean) and ``A / (W + A)`` on the anticipation rows. One
-    mean over those ``A + 1`` rows instead would give anticipation ``A`` times the weight of the row scored
-    at test time (on the built-in data, mat_demo seed 20: validation mAP 0.24 against 0.52 before).
-    A future stage: one mean over its ``F`` rows.
-
-    Args:
-        anticipation: anticipation rows ``A`` at the end of each work stage (the model's).
-        stage_weights: weight of each work stage, first pass first.
-        future_weight: weight of each future stage.
-        ignore_index: Ambiguous class (21 for THUMOS), or None.
-    """
-
-    def __init__(self, anticipation: int, stage_weights: tuple[float, ...] = (0.2, 0.2, 1.0),
-                 future_weight: float = 0.1, ignore_index: int | None = 21):
-        super().__init__()
-        self.anticipation, self.ignore_index = int(anticipation), ignore_index
-        self.stage_weights, self.future_weight = tuple(float(w) for w in stage_weights), float(future_weight)
-        self.weight_dict = {**{f"stage{i}": w for i, w in enumerate(self.stage_weights)}, "future": self.future_weight}
-
-    def forward(self, logits: Tensor, future_logits: Tensor, target: Tensor,
-                future_target: Tensor) -> dict[str, Tensor]:
-        """``logits (B, S, W + A, C)``, ``target (B, W + A, C)``, ``future_logits (B, P, F, C)``,
-        ``future_target (B, F, C)`` -> ``{'stage0', ..., 'future', 'loss'}`` (``future``: the sum over the
-        ``P`` future stages).
-
-        Raises:
-            ValueError: ``S`` is not the number of stage weights.
-        """
-        if logits.shape[1] != len(self.stage_weights):
-            raise ValueError(f"{logits.shape[1]} work stages, {len(self.stage_weights)} stage weights")
-        ii, A = self.ignore_index, self.anticipation
-        W = target.shape[1] - A
-        terms = {"stage0": multi_cross_entropy(logits[:, 0], target, ii)}
-        for i in range(1, logits.shape[1]):
-            terms[f"stage{i}"] = (W * multi_cross_entropy(logits[:, i, W - 1], target[:, W - 1], ii)
-                                  + A * multi_cross_entropy(logits[:, i, W:], target[:, W:], ii)) / (W + A)
-        terms["future"] = sum(multi_cross_entropy(future_logits[:, p], future_target, ii)
-                              for p in range(future_logits.shape[1]))
-        terms["loss"] = sum(self.weight_dict[k] * v for k, v in terms.items())
-        return terms
 
 
 # --- CMeRT --------------------------------------------------------------------------------------------

@@ -174,44 +174,6 @@ def test_memory_windows_slice_the_work_window_and_its_long_memory(function, stre
     assert len(set(offsets)) > 1  # the offset is redrawn every epoch
 
 
-def test_mat_windows_carry_the_targets_after_the_window():
-    """MAT: LSTR's work windows and long memories at stride W + A with ws + W + A < T (the reference's
-    bound), the targets of the window and of the A chunks after it, and F future targets from the chunk
-    after the window (the last chunk's past the end of the video); the inputs stop at the window."""
-    rng = np.random.default_rng(0)
-    vids = []
-    for i, T in enumerate([10, 40, 130]):
-        feats = rng.normal(size=(T, 4)).astype(np.float32)
-        feats[:, 0] = np.arange(T)  # the chunk index
-        vids.append(Video(f"v{i}", (feats,), np.eye(22, dtype=np.float32)[rng.integers(0, 22, size=T)]))
-    W, A, F, L, stride = 8, 3, 12, 32, 4
-    config = {"work_memory": W, "anticipation": A, "future_steps": F, "long_memory": L, "long_stride": stride}
-    ds = samples.mat_memory_windows(vids, config, ignore_index=21, seed=2)
-    offsets = []
-    for epoch in (0, 1, 2):
-        ds.set_epoch(epoch)
-        assert not (ds.index[:, 0] == 0).any()  # 10 chunks: ws + W + A < T leaves no window
-        for k in range(len(ds)):
-            item = ds[k]
-            v, end = vids[int(item["video"])], int(item["end"])
-            ws, T = end - W, v.num_chunks
-            assert end + A < T
-            np.testing.assert_array_equal(item["features"][:, 0].numpy(), np.arange(ws, end))
-            np.testing.assert_array_equal(item["target"].numpy(), v.targets[ws:end + A])
-            np.testing.assert_array_equal(item["future_target"].numpy(),
-                                          v.targets[np.minimum(np.arange(end, end + F), T - 1)])
-            idx, valid = long_memory_sample(ws, L, L // stride, True)
-            np.testing.assert_array_equal(item["long_features"][:, 0].numpy(), idx)
-            np.testing.assert_array_equal(item["long_mask"].numpy(), valid)
-        starts = ds.index[ds.index[:, 0] == 2, 1] - W
-        assert 0 <= starts[0] < W and (np.diff(starts) == W + A).all()
-        assert starts[-1] + W + A + (W + A) >= 130  # the last window the bound allows
-        offsets.append(int(starts[0]))
-    assert len(set(offsets)) > 1
-    items = [ds[k] for k in range(len(ds))]
-    assert any(int(it["end"]) + F > vids[int(it["video"])].num_chunks for it in items)  # clipped futures met
-
-
 @pytest.mark.parametrize("make", [
     lambda vids: samples.dense_windows(vids, {"window": 16, "num_queries": 2}, ignore_index=21, seed=7),
     lambda vids: samples.strided_windows(vids, {"window": 16, "stride": 3}, ignore_index=21, seed=7),

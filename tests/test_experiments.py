@@ -50,8 +50,7 @@ def test_experiment_composes_with_paper_hyperparameters(name, tmp_path):
         assert cfg.optimizer.lr == 7e-5 and cfg.optimizer.weight_decay == 5e-5 and cfg.data.batch_size == 16
         assert cfg.trainer.max_epochs == 25 and cfg.scheduler.warmup_epochs == 10 and cfg.scheduler_interval == "step"
         assert cfg.ema == {"decay": 0.999, "every_n_steps": 1, "start_step": 0}
-        assert cfg.criterion._target_ == "oad.losses.MATCriterion" and cfg.criterion.anticipation == 8
-        assert list(cfg.criterion.stage_weights) == [0.2, 0.2, 1.0] and cfg.criterion.future_weight == 0.1
+        assert cfg.criterion._target_ == "oad.losses.LSTRCriterion"  # oad's causal rows (MAT.training_logits)
     else:  # lstr, testra
         assert cfg.model.long_memory == 2048 and cfg.model.long_stride == 4 and cfg.model.work_memory == 32
         assert cfg.optimizer.lr == 7e-5 and cfg.optimizer.weight_decay == 5e-5 and cfg.data.batch_size == 16

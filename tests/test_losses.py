@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from oad.losses import MATCriterion, OadCriterion, soft_cross_entropy
+from oad.losses import OadCriterion, soft_cross_entropy
 
 
 def test_soft_cross_entropy_hand_computed():
@@ -74,39 +73,3 @@ def test_ambiguous_rule_for_soft_and_multi_label_rows():
     got.backward()
     assert logits.grad[1].abs().sum() == 0 and logits.grad[3].abs().sum() == 0
     assert logits.grad[2].abs().sum() > 0
-
-
-def test_mat_criterion_weights_stages_and_rows():
-    """MAT: 0.2 x the first pass over all W + A rows, 0.2 and 1.0 x each refinement on its last work row
-    (share W / (W + A)) and its anticipation rows (share A / (W + A)), 0.1 x each future stage; rows a
-    refinement leaves out get no gradient."""
-    torch.manual_seed(0)
-    W, A, F = 5, 2, 6
-    crit = MATCriterion(anticipation=A, ignore_index=21)
-    logits = torch.randn(3, 3, W + A, 22, requires_grad=True)
-    future = torch.randn(3, 2, F, 22, requires_grad=True)
-    target = torch.eye(22)[torch.randint(0, 21, (3, W + A))]
-    target[0, 1] = torch.eye(22)[21]  # an Ambiguous work row: left out of the first pass's mean
-    future_target = torch.eye(22)[torch.randint(0, 22, (3, F))]
-    terms = crit(logits, future, target, future_target)
-    assert set(terms) == {"stage0", "stage1", "stage2", "future", "loss"}
-
-    def mce(lg, tg):  # the reference MCE written out: mean over non-Ambiguous rows, softmax without column 21
-        lg, tg = lg.reshape(-1, 22), tg.reshape(-1, 22)
-        keep = tg[:, 21] != 1
-        logp = torch.log_softmax(lg[:, :21], dim=1)
-        return -(tg[keep, :21] * logp[keep]).sum() / keep.sum()
-
-    def refined(s):  # the last work row with the W work rows' share, the anticipation rows with theirs
-        return (W * mce(logits[:, s, W - 1], target[:, W - 1]) + A * mce(logits[:, s, W:], target[:, W:])) / (W + A)
-
-    expected = (0.2 * mce(logits[:, 0], target) + 0.2 * refined(1) + 1.0 * refined(2)
-                + 0.1 * (mce(future[:, 0], future_target) + mce(future[:, 1], future_target)))
-    torch.testing.assert_close(terms["loss"], expected)
-    torch.testing.assert_close(terms["stage2"], refined(2))
-    terms["loss"].backward()
-    assert logits.grad[:, 1:, : W - 1].abs().sum() == 0 and logits.grad[:, 0].abs().sum() > 0
-    assert logits.grad[:, 1:, W - 1:, :21].abs().min(dim=-1).values.gt(0).all()
-    assert logits.grad[0, 0, 1].abs().sum() == 0 and logits.grad[..., 21].abs().sum() == 0
-    with pytest.raises(ValueError, match="3 work stages, 2 stage weights"):
-        MATCriterion(anticipation=A, stage_weights=(0.2, 1.0))(logits, future, target, future_target)

@@ -1,6 +1,5 @@
-"""LSTR/TeSTra/MAT/CMeRT training samples: work windows of ``W`` chunks, each with its long memory of ``N``
-chunks (MAT: also anticipation and future targets after the window, :class:`AnticipationWindowDataset`;
-CMeRT: also context chunks, anticipation and future targets, :class:`ContextWindowDataset`).
+"""LSTR/TeSTra/CMeRT training samples: work windows of ``W`` chunks, each with its long memory of ``N`` chunks
+(CMeRT: also context chunks, anticipation and future targets, :class:`ContextWindowDataset`).
 
 As the references' training data layer (``perframe_data_layers.py``): per epoch and video a random
 offset ``s0`` in ``[0, W)``, windows ``[ws, ws + W)`` at stride ``W`` with ``ws + W < T`` (a window ending
@@ -73,49 +72,6 @@ class MemoryWindowDataset(EpochIndex):
             "long_features": torch.from_numpy(np.ascontiguousarray(long)),
             "long_mask": torch.from_numpy(valid),
         }
-
-
-class AnticipationWindowDataset(MemoryWindowDataset):
-    """MAT's training samples (reference ``LSTRDataLayer`` with future samples): LSTR's work windows and
-    long memories (``linspace(max(0, ws - L), ws - 1, N)``) with the targets of the ``A`` chunks after each
-    window (its anticipation rows) and of ``F`` future chunks.
-
-    Per epoch and video a random offset ``s0`` in ``[0, W)``, windows ``[ws, ws + W)`` at stride ``W + A``
-    (a window and its anticipated chunks do not overlap the next window) with ``ws + W + A < T`` (the
-    reference's bound: every anticipated chunk in the video, as LSTR's ``ws + W < T`` for the window). An item: ``features (W, D)``, ``mask (W,)`` (all
-    True), ``target (W + A, C)`` of chunks ``ws .. ws + W + A - 1``, ``future_target (F, C)`` of chunks
-    ``ws + W .. ws + W + F - 1`` (past the end of the video, the last chunk's), ``long_features (N, D)``,
-    ``long_mask (N,)``. The targets after the window are labels only: the inputs stay chunks ``< ws + W``.
-    The reference's future targets start one chunk later (``ws + W + 1``) than its anticipation rows and
-    its model's future tokens (step ``j`` predicts ``j + 1`` chunks ahead); here both start at ``ws + W``.
-
-    Args:
-        videos: the split's videos.
-        work_memory: ``W``.
-        long_memory: ``L`` chunks spanned by the long memory.
-        long_stride: ``L / N``.
-        anticipation: ``A``.
-        future: ``F``.
-        seed: seed of the per-epoch offsets.
-    """
-
-    def __init__(self, videos: list[Video], work_memory: int, long_memory: int, long_stride: int, anticipation: int,
-                 future: int, seed: int = 0):
-        self.A, self.F = anticipation, future
-        super().__init__(videos, work_memory, long_memory, long_stride, stretch=True, seed=seed)
-
-    def ends(self, video: Video, rng: np.random.Generator) -> np.ndarray:
-        s0 = int(rng.integers(0, self.W))
-        starts = np.arange(s0, video.num_chunks - self.W - self.A, self.W + self.A)  # ws + W + A < T
-        return starts + self.W
-
-    def item(self, video: Video, end: int) -> dict[str, torch.Tensor]:
-        item = super().item(video, end)
-        targets = np.asarray(video.targets, dtype=np.float32)
-        future = np.minimum(np.arange(end, end + self.F), video.num_chunks - 1)  # (F,)
-        item["target"] = torch.from_numpy(targets[end - self.W:end + self.A])  # (W + A, C)
-        item["future_target"] = torch.from_numpy(targets[future])  # (F, C)
-        return item
 
 
 class ContextWindowDataset(MemoryWindowDataset):

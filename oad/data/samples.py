@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from oad.data.base import Video
-from oad.data.memory import AnticipationWindowDataset, ContextWindowDataset, MemoryWindowDataset
+from oad.data.memory import ContextWindowDataset, MemoryWindowDataset
 from oad.data.sequences import SequenceDataset, sequence_lengths
 from oad.data.windows import WindowDataset
 
@@ -70,17 +70,6 @@ def testra_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ign
     """TeSTra: as LSTR, but the long memory always spans ``L`` chunks (``linspace(ws - L, ws - 1, N)``,
     negative indices become chunk 0)."""
     return _memory_windows(videos, config, seed, stretch=False)
-
-
-def mat_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,
-                       seed: int = 0) -> AnticipationWindowDataset:
-    """MAT: LSTR's windows and long memories at stride ``W + A``, with the targets of the ``anticipation``
-    chunks after each window and of ``future_steps`` future chunks."""
-    return AnticipationWindowDataset(videos, work_memory=int(config.get("work_memory", 32)),
-                                     long_memory=int(config.get("long_memory", 1024)),
-                                     long_stride=int(config.get("long_stride", 4)),
-                                     anticipation=int(config.get("anticipation", 8)),
-                                     future=int(config.get("future_steps", 48)), seed=seed)
 
 
 def cmert_memory_windows(videos: list[Video], config: Mapping[str, Any], *, ignore_index: int | None,

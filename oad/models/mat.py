@@ -35,14 +35,17 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
   the window ending at ``t`` (for ``t < W - 1`` the shorter window ``0 .. t``, positions ``0 .. t``, with the
   anticipation queries at their positions ``W .. W+A-1``); ``forward_video(..., reference_rows=True)``
   replaces the first ``W`` chunks' scores with the reference's one pass (parity test only).
-- **Training is causal too** (:meth:`MAT.training_logits`, :class:`oad.losses.MATCriterion`): the reference
-  supervises all ``W + A`` rows of every stage of a window (weights 0.2 / 0.2 / 1.0) and both future stages
-  (0.1 each), so the work rows of a refinement learn from later chunks through the future tokens. oad keeps
-  the reference's weights and targets (the ``A`` chunks after the window for the anticipation rows, the
-  ``future_steps`` chunks after it for the future stages: labels, not inputs) but supervises a refinement
-  only on its last work row (the row scored at test time, with the share of the reference's ``W`` work
-  rows) and its anticipation rows, the rows that see nothing after the chunk they score; the first pass
-  (causal) on all its rows.
+- **Training is causal too** (:meth:`MAT.training_logits`): the reference supervises all ``W`` rows of every
+  stage of a window (weights 0.2 / 0.2 / 1.0) and both future stages (0.1 each), so rows learn from later
+  chunks through the future tokens; oad supervises, per window, the first pass's rows ``0 .. W-2`` (causal)
+  and the last refinement's row ``W - 1`` (the row scored at test time) with one loss (LSTR's). The
+  anticipation rows and future stages are trained only through those rows. Training them directly, with
+  the targets of the ``A`` and ``future_steps`` chunks after each window (labels, not inputs; the
+  reference's windows at stride ``W + A``) and the reference's weights on the causal rows (0.2 on the first
+  pass, 0.2 / 1.0 on each refinement's last work row and anticipation rows, 0.1 per future stage), lost on
+  the built-in data's validation split: mat_demo validation mAP 0.26 / 0.37 (seeds 20 / 21) against
+  0.52 / 0.48 with these rows (docs/benchmarks.md section 12); a refinement then has one detection row per
+  window to learn from, where the reference has ``W`` (those that see later chunks).
 - **Streaming equals the offline scoring** (:mod:`oad.online.mat`). The reference's stream mode is LSTR's,
   without the refinement, the groups or the top-k: it cannot reproduce its own batch results.
 - Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN), and
@@ -253,7 +256,7 @@ class MAT(OnlineModel):
 
     future_offset = 1
     online_step = "oad.online.mat:MATStep"
-    samples = "oad.data.samples:mat_memory_windows"  # LSTR's windows with anticipation and future targets
+    samples = "oad.data.samples:lstr_memory_windows"  # LSTR's training windows (linspace long memory)
 
     # registry (oad/models/registry.py): the tests' tiny instance (long memory 16 chunks = 4 tokens in 2
     # groups, work memory 4: test videos are longer than both, and shorter), benchmark rows
@@ -468,19 +471,21 @@ class MAT(OnlineModel):
         return self.forward_tokens(self.feature_head_long(long_x), valid, work_tokens)
 
     def training_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Every stage of a work window: ``logits (B, cci_times + 1, W + A, C)`` (the decoder's pass, then
-        each refinement; rows ``0 .. W-1`` the work chunks, ``W + j`` the anticipation of ``j + 1`` chunks
-        ahead) and ``future (B, cci_times, future_steps, C)`` (the future stages).
+        """Causal supervision of a work window: ``(B, W, C)`` logits and an empty future ``(B, W, 0, C)``.
 
-        :class:`oad.losses.MATCriterion` compares them with the targets of the window, of the ``A`` chunks
-        after it and of ``future_steps`` chunks after it (:func:`oad.data.samples.mat_memory_windows`),
-        on the rows that depend on chunks ``<= t`` only for the chunk ``t`` they score (all rows of the
-        first pass; the last work row and the anticipation rows of a refinement, whose other work rows see
-        the future tokens generated from the whole window); the future stages come from the whole window
-        and predict chunks after it.
+        Row ``r < W - 1`` is the decoder's first pass at chunk ``r`` (causal: the work decoder masks later
+        chunks and the future tokens do not enter it); row ``W - 1`` is the last refinement's score of the
+        last chunk, the row scored at test time (its window's future tokens come from chunks ``<= W - 1``).
+        The reference supervises every row of every stage, rows ``r < W - 1`` of the refinements through
+        future tokens generated from later chunks. On the built-in data (mat_demo recipe, scored causally by
+        ``forward_video``) supervising every row of the last refinement instead gave test mAP 0.340 / 0.284
+        (seeds 20 / 21) against 0.429 / 0.427 with these rows: what a row learns from later chunks is not
+        there at test time.
         """
         out = self(batch["long_features"], batch["features"], batch["long_mask"])
-        return torch.stack(out.work, dim=1), torch.stack(out.future, dim=1)
+        W = batch["features"].shape[1]
+        logits = torch.cat((out.work[0][:, : W - 1], out.work[-1][:, W - 1 : W]), dim=1)  # (B, W, C)
+        return logits, logits.new_zeros(*logits.shape[:2], 0, logits.shape[-1])
 
     # -- whole videos ----------------------------------------------------------------------------------------
     def long_memory_indices(self, work_start: Tensor) -> tuple[Tensor, Tensor]:
