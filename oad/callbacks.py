@@ -137,7 +137,8 @@ class ExponentialMovingAverage(WeightAveraging):
     one: ``A_0`` = the weights at step ``start_step`` (0: the initial weights, as the references), then
     after every ``every_n_steps``-th optimizer step ``g`` after it ``A <- d A + (1 - d) W_g`` with
     ``d = decay ** every_n_steps`` (``decay`` is per optimizer step: updating less often keeps the same
-    horizon). Only trainable parameters are averaged; buffers and frozen parameters follow the model's.
+    horizon). Until ``start_step`` the "average" is the trained weights. Only trainable parameters are
+    averaged; buffers and frozen parameters follow the model's.
 
     Lightning's ``WeightAveraging`` does the rest: validation (so ``best.ckpt``'s choice) runs on the
     averaged weights, the model holds them after training (so the test does), and every checkpoint saves
@@ -219,21 +220,27 @@ class ExponentialMovingAverage(WeightAveraging):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        # WeightAveraging's rule for when (once per optimizer step, as should_update says), this update
-        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
-            avg, cur, follow_avg, follow_cur = self._tensors(pl_module)
-            with torch.no_grad():
-                if self._copy_next is None:  # once per fit, after any resume: a fresh average or a restored one
-                    self._copy_next = int(self._average_model.n_averaged) == 0
+        step = trainer.global_step  # optimizer steps taken; once per step, as WeightAveraging
+        if step <= self._latest_update_step:
+            return
+        avg, cur, follow_avg, follow_cur = self._tensors(pl_module)
+        with torch.no_grad():
+            if self._copy_next is None:  # once per fit, after any resume: a fresh average or a restored one
+                self._copy_next = int(self._average_model.n_averaged) == 0
+            if self.should_update(step_idx=step - 1):
                 if self._copy_next:
                     torch._foreach_copy_(avg, cur)
                     self._copy_next = False
                 else:
                     torch._foreach_lerp_(avg, cur, 1.0 - self.decay ** self.every_n_steps)
-                if follow_avg:
-                    torch._foreach_copy_(follow_avg, follow_cur)
                 self._average_model.n_averaged += 1
-            self._latest_update_step = trainer.global_step
+                self._latest_update_step = step
+            elif self._copy_next:  # before start_step: validation and checkpoints see the trained weights
+                torch._foreach_copy_(avg, cur)
+            else:
+                return
+            if follow_avg:
+                torch._foreach_copy_(follow_avg, follow_cur)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trained_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}

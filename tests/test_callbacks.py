@@ -101,12 +101,14 @@ def test_ema_is_off_unless_a_recipe_turns_it_on(tmp_path):
 
 @pytest.mark.parametrize(("ema", "stop"), [
     ({"decay": 0.5, "every_n_steps": 1, "start_step": 0}, []),
-    ({"decay": 0.7, "every_n_steps": 2, "start_step": 1}, ["+trainer.max_steps=5"]),  # ends inside an epoch
+    ({"decay": 0.7, "every_n_steps": 2, "start_step": 1}, []),
+    ({"decay": 0.7, "every_n_steps": 1, "start_step": 4}, ["+trainer.max_steps=5"]),  # ends inside an epoch
 ])
 def test_ema_checkpoints_hold_the_hand_computed_average_and_the_test_scores_it(ema, stop, tmp_path, one_torch_thread):
     """2 epochs x 3 steps with a validation after each: each validation scores the average written out by
-    hand, last.ckpt's state_dict holds it, its current_model_state the trained weights; metrics.json names
-    the settings, and evaluating last.ckpt gives the run's own test figure (the headline's weights)."""
+    hand (the trained weights before start_step), last.ckpt's state_dict holds it, its current_model_state
+    the trained weights; metrics.json names the settings, and evaluating last.ckpt gives the run's own test
+    figure (the headline's weights)."""
     run = tmp_path / "run"
     flow = "{" + ", ".join(f"{k}: {v}" for k, v in ema.items()) + "}"
     cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3",
@@ -122,8 +124,11 @@ def test_ema_checkpoints_hold_the_hand_computed_average_and_the_test_scores_it(e
         torch.testing.assert_close(last["current_model_state"][name], recorder.steps[-1][name], rtol=0, atol=0)
     assert sorted(recorder.validated) == ([3] if stop else [3, 6])
     for step, weights in recorder.validated.items():
-        for name, value in hand_ema(recorder.steps[: step + 1], ema["decay"], ema["every_n_steps"],
-                                    ema["start_step"]).items():
+        if step < ema["start_step"]:  # not started: the trained weights
+            expected_then = recorder.steps[step]
+        else:
+            expected_then = hand_ema(recorder.steps[: step + 1], ema["decay"], ema["every_n_steps"], ema["start_step"])
+        for name, value in expected_then.items():
             torch.testing.assert_close(weights[name], value.float(), msg=name)
     moved = max(float((last["state_dict"][k] - recorder.steps[-1][k]).abs().max()) for k in expected)
     assert moved > 1e-3  # the average is not the trained weights
