@@ -57,10 +57,14 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
                  "epoch": ckpt.get("epoch")}
 
 
-def check_resume_checkpoint(path: str | None, net_config: dict, net: nn.Module) -> str | None:
+def check_resume_checkpoint(path: str | None, net_config: dict, net: nn.Module,
+                            weight_averaging: bool = False) -> str | None:
     """The checkpoint a training run resumes from (``ckpt_path=``), checked before Lightning restores it:
     readable, a checkpoint of a training run (with its optimizer state), of the configured model class,
-    with weights of the configured model's names and shapes. Returns ``path`` (None: no resume).
+    with weights of the configured model's names and shapes; one written with an average of the weights
+    (its ``state_dict`` the average, the trained weights in ``current_model_state``) only when this run
+    averages too (``weight_averaging``): else the average would silently become the weights trained on.
+    Returns ``path`` (None: no resume).
 
     Raises:
         FileNotFoundError: no such file.
@@ -81,6 +85,9 @@ def check_resume_checkpoint(path: str | None, net_config: dict, net: nn.Module) 
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise ValueError(f"checkpoint {path}: weights only, no training state (optimizer, loops): ckpt_path= resumes "
                          "a training run from its own checkpoints (<run dir>/checkpoints/last.ckpt)")
+    if "current_model_state" in ckpt and not weight_averaging:
+        raise ValueError(f"checkpoint {path}: written with an EMA of the weights (ema:), which this run does not "
+                         "keep; resume with the run's ema settings")
     want = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     differ = [f"{k} {got.get(k, 'missing')} vs {want.get(k, 'absent')}" for k in sorted(want.keys() | got.keys())

@@ -42,6 +42,15 @@ def test_experiment_composes_with_paper_hyperparameters(name, tmp_path):
         assert cfg.optimizer.lr == 2e-4 and cfg.optimizer.weight_decay == 5e-5 and cfg.data.batch_size == 32
         assert cfg.trainer.max_epochs == 16 and cfg.scheduler.warmup_epochs == 10 and cfg.scheduler_interval == "step"
         assert (cfg.criterion.first_weight, cfg.criterion.refined_weight, cfg.criterion.future_weight) == (0.1, 1.0, 0.5)
+        assert cfg.ema == {"decay": 0.999, "every_n_steps": 1, "start_step": 0}
+    elif name.startswith("mat"):
+        assert cfg.model.long_memory == 1024 and cfg.model.long_stride == 4 and cfg.model.groups == 8
+        assert cfg.model.work_memory == 32 and cfg.model.anticipation == 8 and cfg.model.future_steps == 48
+        assert cfg.model.cci_times == 2 and cfg.model.d_model == 1024
+        assert cfg.optimizer.lr == 7e-5 and cfg.optimizer.weight_decay == 5e-5 and cfg.data.batch_size == 16
+        assert cfg.trainer.max_epochs == 25 and cfg.scheduler.warmup_epochs == 10 and cfg.scheduler_interval == "step"
+        assert cfg.ema == {"decay": 0.999, "every_n_steps": 1, "start_step": 0}
+        assert cfg.criterion._target_ == "oad.losses.LSTRCriterion"  # oad's causal rows (MAT.training_logits)
     else:  # lstr, testra
         assert cfg.model.long_memory == 2048 and cfg.model.long_stride == 4 and cfg.model.work_memory == 32
         assert cfg.optimizer.lr == 7e-5 and cfg.optimizer.weight_decay == 5e-5 and cfg.data.batch_size == 16
@@ -50,7 +59,8 @@ def test_experiment_composes_with_paper_hyperparameters(name, tmp_path):
     assert cfg.data.source._target_ == "oad.data.readers.make_source" and cfg.data.root == "/nonexistent"
 
 
-PAPER_PARAMS = {"miniroad": 15_763_478, "lstr": 58_882_070, "testra": 58_882_070, "cmert": 94_685_206}
+PAPER_PARAMS = {"miniroad": 15_763_478, "lstr": 58_882_070, "testra": 58_882_070, "mat": 107_259_926,
+                "cmert": 94_685_206}
 
 
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.split("_")[0] in PAPER_PARAMS and "thumos14" in e])

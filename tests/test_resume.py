@@ -58,9 +58,13 @@ def load(path: Path) -> dict:
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for name, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][name]), name
+    """The same weights; with an EMA, the same average (state_dict), trained weights and averaged count."""
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert (key in a) == (key in b), key
+        if key in a:
+            assert a[key].keys() == b[key].keys()
+            for name, tensor in a[key].items():
+                assert torch.equal(tensor, b[key][name]), f"{key} {name}"
 
 
 def train_tool(run: Path, *args: str, base: list[str] = TRAIN_ARGS) -> subprocess.CompletedProcess:
@@ -74,26 +78,29 @@ def kill(point: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["oadtr", "trn", "miniroad", "lstr"])
-def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(model, tmp_path):
+@pytest.mark.parametrize(("model", "ema"), [("oadtr", []), ("trn", []), ("miniroad", []), ("lstr", []),
+                                            ("oadtr", ["ema={decay: 0.6}"])],
+                         ids=["oadtr", "trn", "miniroad", "lstr", "oadtr_ema"])
+def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(model, ema, tmp_path):
     """Killed after step 3 (its step checkpoint is step 2's: step 3 is trained again), resumed, killed again
     at the end of epoch 0 (after its validation and last.ckpt), resumed to the end: the final weights are
-    bit-identical to an uninterrupted run's, and so is test/mAP."""
+    bit-identical to an uninterrupted run's, and so is test/mAP; with an EMA, so are the average and the
+    trained weights (the resumed run continues the average)."""
     ref = tmp_path / "uninterrupted"
-    res = train_tool(ref, f"model={model}")
+    res = train_tool(ref, f"model={model}", *ema)
     assert res.returncode == 0, res.stderr[-3000:]
 
     run = tmp_path / "killed"
     last = run / "checkpoints" / "last.ckpt"
-    res = train_tool(run, f"model={model}", *kill("step=3"))
+    res = train_tool(run, f"model={model}", *ema, *kill("step=3"))
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     assert load(last)["global_step"] == 2 and not (run / "metrics.json").exists()
     record = (run / ".hydra" / "overrides.yaml").read_bytes()
-    res = train_tool(run, f"model={model}", "ckpt_path=last", *kill("epoch=0"))
+    res = train_tool(run, f"model={model}", *ema, "ckpt_path=last", *kill("epoch=0"))
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     assert "Restored all states" in res.stderr + res.stdout
     assert load(last)["global_step"] == BATCHES and not (run / "metrics.json").exists()
-    res = train_tool(run, f"model={model}", "ckpt_path=last")
+    res = train_tool(run, f"model={model}", *ema, "ckpt_path=last")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1].startswith("test/mAP=")
 
@@ -127,12 +134,15 @@ def test_killed_and_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
     assert_same_weights(final, expected)
 
 
-@pytest.mark.parametrize(("model", "validation"), [("oadtr", True), ("miniroad", False)])
-def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(model, validation, tmp_path, monkeypatch,
+@pytest.mark.parametrize(("model", "validation", "ema"), [
+    ("oadtr", True, []), ("miniroad", False, []), ("oadtr", True, ["ema={decay: 0.6, every_n_steps: 2, start_step: 1}"])])
+def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(model, validation, ema, tmp_path, monkeypatch,
                                                                         one_torch_thread):
     """Every checkpoint an uninterrupted run writes (step checkpoints, last.ckpt after each validation or
     epoch, the epoch files) resumes to the same final weights; without a validation split the epoch-end
-    checkpoints are written at another point of Lightning's loop (MiniROAD: windows redrawn every epoch)."""
+    checkpoints are written at another point of Lightning's loop (MiniROAD: windows redrawn every epoch).
+    With an EMA of the weights, the resumed run continues the average: the same average and trained weights
+    (from checkpoints before, at and after the step that starts it, between updates and at them)."""
     copies = tmp_path / "copies"
     copies.mkdir()
     save = AtomicCheckpointIO.save_checkpoint
@@ -144,7 +154,7 @@ def test_resuming_from_every_checkpoint_gives_the_uninterrupted_weights(model, v
     args = [f"model={model}", *TINY, f"trainer.max_epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}",
             "data.batch_size=8",
             "checkpoint.every_n_train_steps=1", "test=false", "logger=none",
-            *([] if validation else ["data.val_split=null"])]
+            *([] if validation else ["data.val_split=null"]), *ema]
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", keep_a_copy)
     train(compose_cfg("train", args, tmp_path / "uninterrupted"))
     monkeypatch.undo()

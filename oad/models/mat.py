@@ -39,8 +39,13 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
   stage of a window (weights 0.2 / 0.2 / 1.0) and both future stages (0.1 each), so rows learn from later
   chunks through the future tokens; oad supervises, per window, the first pass's rows ``0 .. W-2`` (causal)
   and the last refinement's row ``W - 1`` (the row scored at test time) with one loss (LSTR's). The
-  anticipation rows and future stages are trained only through those rows (oad's training windows carry no
-  future targets).
+  anticipation rows and future stages are trained only through those rows. Training them directly, with
+  the targets of the ``A`` and ``future_steps`` chunks after each window (labels, not inputs; the
+  reference's windows at stride ``W + A``) and the reference's weights on the causal rows (0.2 on the first
+  pass, 0.2 / 1.0 on each refinement's last work row and anticipation rows, 0.1 per future stage), lost on
+  the built-in data's validation split: mat_demo validation mAP 0.26 / 0.37 (seeds 20 / 21) against
+  0.52 / 0.48 with these rows (docs/benchmarks.md section 12); a refinement then has one detection row per
+  window to learn from, where the reference has ``W`` (those that see later chunks).
 - **Streaming equals the offline scoring** (:mod:`oad.online.mat`). The reference's stream mode is LSTR's,
   without the refinement, the groups or the top-k: it cannot reproduce its own batch results.
 - Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN), and

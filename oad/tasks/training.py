@@ -10,7 +10,9 @@ run), ``epoch<NNN>.ckpt`` one per epoch; nothing is picked on a metric unless
 ``checkpoint.select_best=true``. ``ckpt_path=last`` resumes from ``last.ckpt``, exactly: the resumed run
 ends with the weights the uninterrupted run ends with (:mod:`oad.data.sampling` says what Lightning restores
 and what the data module adds). The default logger writes ``<run dir>/logs/`` (CSV);
-``logger=tensorboard`` TensorBoard event files, ``logger=none`` nothing.
+``logger=tensorboard`` TensorBoard event files, ``logger=none`` nothing. With an ``ema:`` block in the
+recipe (:class:`oad.callbacks.ExponentialMovingAverage`), validation, the test and the checkpoints'
+``state_dict`` are the averaged weights, and ``metrics.json`` says the ``ema`` settings (null: none).
 
 A run holds its run directory for as long as it lasts (:mod:`oad.runlock`): a second run there fails at
 once, before anything is built.
@@ -27,9 +29,10 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig
 
-from oad.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
+from oad.callbacks import AtomicCheckpointIO, BestCheckpoint, ExponentialMovingAverage, LastCheckpoint
 from oad.checkpoint import check_resume_checkpoint
 from oad.io import write_json, write_predictions
 from oad.models.base import count_parameters
@@ -89,7 +92,9 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
     log.info("model %s, recipe %s: %s parameters, in_dim %d", type(net).__name__, recipe, f"{n_params:,}", dm.in_dim)
 
     key = metric_key(dm.metric)
-    configured = instantiate_entries(cfg.get("callbacks"))
+    # weight averaging first: at the end of a step it updates the average before last.ckpt is written
+    configured = sorted(instantiate_entries(cfg.get("callbacks")), key=lambda c: not isinstance(c, WeightAveraging))
+    ema = next((c.settings for c in configured if isinstance(c, ExponentialMovingAverage)), None)
     test_weights = (cfg.get("checkpoint") or {}).get("test_weights", "final")
     best_cb = next((c for c in configured if isinstance(c, BestCheckpoint)), None)
     if test_weights == "best" and (best_cb is None or not dm.splits["val"]):
@@ -99,7 +104,8 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=instantiate_entries(cfg.get("logger")) or False,
         default_root_dir=output_dir, plugins=[AtomicCheckpointIO()],
     )
-    ckpt_path = check_resume_checkpoint(resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), net_config, net)
+    ckpt_path = check_resume_checkpoint(resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), net_config, net,
+                                        weight_averaging=any(isinstance(c, WeightAveraging) for c in configured))
     with warnings.catch_warnings():
         # the data module does resume a mid-epoch checkpoint where it was (oad.data.sampling); Lightning
         # only knows loaders that follow its own state protocol, and would warn that it does not
@@ -128,6 +134,7 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
                 key: lit.test_results["all"][key],
                 "headline": {"protocol": "all", key: lit.test_results["all"][key]},
                 "tested": tested,
+                "ema": ema,
                 "class_coverage": class_coverage(dm, lit.test_results["all"], key),
                 "protocols": lit.test_results,
             }
