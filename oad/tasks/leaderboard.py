@@ -332,11 +332,12 @@ def format_table(result: dict) -> str:
             err = str(r["error"]).replace("|", "\\|").replace("\n", " ")
             cells = {h: "-" for h in head} | {"model": r["model"], f"{key} (all)": f"failed: {err}"}
         lines.append("| " + " | ".join(cells[h] for h in head) + " |")
-    lines += ["", winner_line(result)]
+    lines.append("")
     unseen = sorted({c for r in result["rows"] if _ok(r) for c in r.get("unseen_classes") or []})
-    if unseen:
+    if unseen:  # above the winner line, which stays the table's last line
         lines.append(f"caution: {len(unseen)} scored test classes have no training chunk ({', '.join(unseen)}): "
                      "their AP measures guesses (each run's metrics.json: class_coverage)")
+    lines.append(winner_line(result))
     return "\n".join(lines)
 
 
