@@ -52,10 +52,11 @@ def stream(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, torc
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("readout", ["cross", "encoder"])
 @pytest.mark.parametrize("T", [WINDOW - 3, 2 * WINDOW + 3, 10 * WINDOW])
 @pytest.mark.parametrize("N", [1, 3])
-def test_streaming_equals_offline_scoring(T, N):
-    net = small()
+def test_streaming_equals_offline_scoring(T, N, readout):
+    net = small(readout=readout)
     feats = torch.randn(N, T, IN_DIM, generator=torch.Generator().manual_seed(T + N))
     offline = score_videos(net, list(feats))
     det = OnlineDetector(net)
@@ -70,8 +71,9 @@ def test_streaming_equals_offline_scoring(T, N):
     assert scores.argmax(-1).unique().numel() > 1 or scores.std(1).max() > 1e-3
 
 
-def test_prime_and_reset_leave_the_state_stepping_would():
-    net = small(1)
+@pytest.mark.parametrize("readout", ["cross", "encoder"])
+def test_prime_and_reset_leave_the_state_stepping_would(readout):
+    net = small(1, readout=readout)
     feats = torch.randn(2, 3 * WINDOW, IN_DIM, generator=torch.Generator().manual_seed(3))
     ref = stream(OnlineDetector(net), feats)[0]
     for k in (0, 3, WINDOW, 2 * WINDOW + 1):
@@ -84,8 +86,9 @@ def test_prime_and_reset_leave_the_state_stepping_would():
     assert_close(stream(det, feats)[0], ref, atol=0, rtol=0)
 
 
-def test_tiling_does_not_change_the_scores():
-    net = small(2)
+@pytest.mark.parametrize("readout", ["cross", "encoder"])
+def test_tiling_does_not_change_the_scores(readout):
+    net = small(2, readout=readout)
     x = torch.randn(5 * WINDOW + 1, IN_DIM, generator=torch.Generator().manual_seed(4))
     ref = net.forward_video(x)
     for tile in (1, 7, 1000):
@@ -100,10 +103,11 @@ def test_tiling_does_not_change_the_scores():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_a_chunk_never_changes_once_computed():
+@pytest.mark.parametrize("readout", ["cross", "encoder"])
+def test_a_chunk_never_changes_once_computed(readout):
     """Its encoder state does not change when later chunks are appended, nor its outputs when the
     features after it change."""
-    net = small(5)
+    net = small(5, readout=readout)
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(1, 4 * WINDOW, IN_DIM, generator=gen)
     with torch.no_grad():
@@ -137,8 +141,9 @@ def test_receptive_field_is_the_default_context():
         assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
 
 
-def test_left_padding_is_invisible_and_start_scores_the_tail():
-    net = small(9)
+@pytest.mark.parametrize("readout", ["cross", "encoder"])
+def test_left_padding_is_invisible_and_start_scores_the_tail(readout):
+    net = small(9, readout=readout)
     gen = torch.Generator().manual_seed(10)
     short = torch.randn(2, 11, IN_DIM, generator=gen)
     padded = torch.cat([torch.randn(2, 7, IN_DIM, generator=gen) * 100, short], dim=1)  # garbage in the padding
@@ -212,10 +217,12 @@ def test_sequences_carry_their_history_and_supervise_every_chunk_once():
     assert (d.seq_len, d.context, d.num_queries) == (16, 21, 4)
 
 
-def test_every_parameter_gets_a_gradient_through_the_criterion():
+@pytest.mark.parametrize("readout", ["cross", "encoder"])
+def test_every_parameter_gets_a_gradient_through_the_criterion(readout):
     torch.manual_seed(0)
     net = OadTRSW(in_dim=IN_DIM, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4,
-                  decoder_layers=2, decoder_heads=2, decoder_dim=16, decoder_ffn_dim=40, decoder_window=K).train()
+                  decoder_layers=2, decoder_heads=2, decoder_dim=16, decoder_ffn_dim=40, decoder_window=K,
+                  readout=readout).train()
     videos = make_videos([30, 9, 60], seed=1)
     ds = dense_sequences(videos, {"window": WINDOW, "num_layers": 2, "num_queries": 4, "future_offset": 1},
                          ignore_index=21, seed=0)
@@ -265,11 +272,11 @@ def test_paper_parameter_count_and_config(tmp_path):
     assert cfg.data.batch_size * cfg.model.seq_len == 128  # OadTR's 128 supervised chunks per step
 
 
-def step_flops(window: int) -> int:
+def step_flops(window: int, **kw) -> int:
     """FLOPs of one step (batch 1, ring full) of the paper-size model, on the meta device."""
     meta = torch.device("meta")
     with meta:
-        net = OadTRSW(in_dim=3072, window=window)
+        net = OadTRSW(in_dim=3072, window=window, **kw)
     step = OadTRSWStep(net, meta, torch.float32)
     step.start(1)
     step.prime(torch.zeros(1, 2, 3072, device=meta))
@@ -292,6 +299,9 @@ def test_step_flops_are_10x_below_oadtr_and_almost_flat_in_the_window():
     assert full / f64 >= 10, (full, f64)
     assert f64 < f256 < f1024 < 1.25 * f64, (f64, f256, f1024)
     assert 0.26e9 < f64 < 0.28e9
+    # the task token through the encoder layers: one more query row per layer and chunk
+    e64, e1024 = step_flops(64, readout="encoder"), step_flops(1024, readout="encoder")
+    assert f64 < e64 < 0.5e9 and e1024 < 1.25 * e64, (e64, e1024)
 
 
 def test_alibi_slopes():

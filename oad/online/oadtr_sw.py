@@ -4,7 +4,8 @@ Per stream, ring buffers of the keys/values of the last ``L`` chunks for every e
 readout, and of the last ``K`` chunks' memory states for every decoder layer (plus one slot for the
 current readout token). A step embeds the new chunk, runs it through each encoder layer as one query
 against the cached keys/values (appending its own first), then the readout (a constant query over the
-``L`` cached memory keys) and the decoder (``Q`` queries over ``K + 1`` cached keys). Nothing is
+``L`` cached memory keys; with ``readout="encoder"`` the token is one query row per encoder layer over
+that layer's cache instead) and the decoder (``Q`` queries over ``K + 1`` cached keys). Nothing is
 re-encoded: the cost is constant in the history, ``O(L)`` only in the attention over the caches.
 
 Ring slots are written at ``count % L``; attention is order-free given its ALiBi biases, so a table of
@@ -35,8 +36,9 @@ class OadTRSWStep(OnlineStep):
         super().__init__(net, device, dtype, int8)
         n = self.net
         self.L, self.K, self.Q = n.window, n.decoder_window, n.num_queries
+        self.in_encoder = n.readout_mode == "encoder"  # the task token: query rows of the encoder layers
         with torch.no_grad():
-            self.ro_q = n.readout.query()  # (1, H, 1, dh)
+            self.ro_q = None if self.in_encoder else n.readout.query()  # (1, H, 1, dh)
             self.dec_x1, self.dec_q1 = n.decoder_prefix()  # (1, 1, Q, d_dec), (1, Hd, Q, dh)
         self.enc_bias = ring_bias_table(n.enc_slopes, self.L).to(device=device, dtype=dtype)  # (2L, 1, H, 1, L)
         dec = ring_bias_table(n.dec_slopes, self.K)  # (2K, 1, Hd, 1, K) + the token's slot (bias 0)
@@ -49,14 +51,17 @@ class OadTRSWStep(OnlineStep):
         dh = net.d_model // H
         self.enc_kv = [(torch.zeros(n, H, self.L, dh, device=dev, dtype=dt),
                         torch.zeros(n, H, self.L, dh, device=dev, dtype=dt)) for _ in net.encoder]
-        Hr = net.readout.attn.num_heads
-        self.ro_kv = tuple(torch.zeros(n, Hr, self.L, net.d_model // Hr, device=dev, dtype=dt) for _ in range(2))
+        if self.in_encoder:
+            self.ro_kv = self.ro_qn = None
+        else:
+            Hr = net.readout.attn.num_heads
+            self.ro_kv = tuple(torch.zeros(n, Hr, self.L, net.d_model // Hr, device=dev, dtype=dt) for _ in range(2))
+            self.ro_qn = self.ro_q.expand(n, -1, -1, -1).contiguous()  # (N, H, 1, dh)
         Hd = net.decoder[0].cross_attention.num_heads
         dhd = net.decoder_dim // Hd
         self.dec_kv = [tuple(torch.zeros(n, Hd, self.K + 1, dhd, device=dev, dtype=dt) for _ in range(2))
                        for _ in net.decoder]
         # the constant queries, expanded to the streams once
-        self.ro_qn = self.ro_q.expand(n, -1, -1, -1).contiguous()  # (N, H, 1, dh)
         self.dec_q1n = self.dec_q1.expand(n, -1, -1, -1).contiguous()  # (N, Hd, Q, dh)
         self.count = 0
         self.n = n
@@ -76,9 +81,10 @@ class OadTRSWStep(OnlineStep):
             vc[:, :, p] = v[:, :, 0]
             h = layer.finish(h, layer.attend(q, kc, vc, self._bias_enc))
         m = net.encoder_norm(h)  # (N, 1, d)
-        k, v = net.readout.attn.keys_values(m)
-        self.ro_kv[0][:, :, p] = k[:, :, 0]
-        self.ro_kv[1][:, :, p] = v[:, :, 0]
+        if not self.in_encoder:
+            k, v = net.readout.attn.keys_values(m)
+            self.ro_kv[0][:, :, p] = k[:, :, 0]
+            self.ro_kv[1][:, :, p] = v[:, :, 0]
         for layer, (kc, vc) in zip(net.decoder, self.dec_kv):
             k, v = layer.cross_attention.keys_values(m)
             kc[:, :, pd] = k[:, :, 0]
@@ -88,8 +94,8 @@ class OadTRSWStep(OnlineStep):
     def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
         net, N, Q, K = self.net, x.shape[0], self.Q, self.K
         self._advance(x)
-        ro = net.readout
-        token = ro.finish(ro.attn.attend(self.ro_qn, self.ro_kv[0], self.ro_kv[1], self._bias_enc))  # (N, 1, d)
+        token = self._token_in_encoder(N) if self.in_encoder else net.readout.finish(
+            net.readout.attn.attend(self.ro_qn, self.ro_kv[0], self.ro_kv[1], self._bias_enc))  # (N, 1, d)
         h = self.dec_x1  # (1, 1, Q, d_dec)
         for i, (layer, (kc, vc)) in enumerate(zip(net.decoder, self.dec_kv)):
             k, v = layer.cross_attention.keys_values(token)  # (N, Hd, 1, dh): the token's slot
@@ -104,6 +110,17 @@ class OadTRSWStep(OnlineStep):
         dec = net.decoder_norm(h)[:, 0]  # (N, Q, d_dec)
         logits = net.mlp_head(torch.cat((token[:, 0], dec.mean(dim=1)), dim=-1))
         return logits, net.classifier(dec)
+
+    def _token_in_encoder(self, n: int) -> Tensor:
+        """``readout="encoder"``: the token ``(N, 1, d)`` as a query row of every encoder layer over its
+        cache (the current chunk included) and its own key/value (bias 0)."""
+        net = self.net
+        bias = torch.cat((self._bias_enc, self._bias_enc.new_zeros(*self._bias_enc.shape[:-1], 1)), dim=-1)
+        tok = net.cls_token.expand(n, 1, -1)  # (N, 1, d)
+        for layer, (kc, vc) in zip(net.encoder, self.enc_kv):
+            q, k, v = layer.qkv(tok)  # (N, H, 1, dh)
+            tok = layer.finish(tok, layer.attend(q, torch.cat((kc, k), dim=2), torch.cat((vc, v), dim=2), bias))
+        return net.encoder_norm(tok)
 
     def prime(self, x: Tensor) -> None:
         """Feed ``x (N, T, in_dim)`` into the caches (the readout and the decoder queries are skipped)."""
