@@ -67,6 +67,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def scores_csv_bytes(comment: str, class_names: list[str], rows: Iterable[tuple[int, float, float, Any]]) -> bytes:
+    """A stream's ``scores.csv``: a ``# comment`` line, the header ``chunk, start_s, end_s, <class names>``,
+    then one row per scored chunk ``(index, start_s, end_s, (C,) probabilities)``."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    buf.write(f"# {comment}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["chunk", "start_s", "end_s", *class_names])
+    w.writerows([i, f"{a:.6g}", f"{b:.6g}", *(f"{p:.6f}" for p in r)] for i, a, b, r in rows)
+    return buf.getvalue().encode()
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.floating, np.integer)):
         return o.item()

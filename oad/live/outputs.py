@@ -21,8 +21,6 @@ A new run into the same folder starts the files anew.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from oad.io import atomic_write_bytes, write_json
+from oad.io import atomic_write_bytes, scores_csv_bytes, write_json
 from oad.live.records import ChunkRecord
 
 log = logging.getLogger(__name__)
@@ -114,13 +112,9 @@ class FileSink:
         write_json(s.folder / "summary.json", {**summary, "meta": s.meta}, strict=True)
         if not s.rows:
             return
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        buf.write(f"# oad live stream {stream}: source={s.meta.get('source')} checkpoint={s.meta.get('checkpoint')} "
-                  f"run_id={s.meta.get('run_id')}\n")
-        w.writerow(["chunk", "start_s", "end_s", *self.class_names])
-        w.writerows([i, f"{a:.6g}", f"{b:.6g}", *(f"{p:.6f}" for p in r)] for i, a, b, r in s.rows)
-        atomic_write_bytes(s.folder / "scores.csv", buf.getvalue().encode())
+        comment = (f"oad live stream {stream}: source={s.meta.get('source')} checkpoint={s.meta.get('checkpoint')} "
+                   f"run_id={s.meta.get('run_id')}")
+        atomic_write_bytes(s.folder / "scores.csv", scores_csv_bytes(comment, self.class_names, s.rows))
         if self.plot:
             from oad.plots import plot_timeline
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ChunkRecord", "Sink"]
+__all__ = ["ChunkRecord", "Sink", "upcoming_action"]
 
 
 @dataclass
@@ -68,3 +68,18 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """The run ends: flush and release everything."""
+
+
+def upcoming_action(future_scores: np.ndarray | None, ignore_index: int | None,
+                    background_index: int | None) -> tuple[int, float, int] | None:
+    """The upcoming action of a scored chunk: the highest score of ``future_scores (Q, C)`` over every future
+    step and every class but background and the ignored one, as ``(class, score, q)`` (``q + 1`` chunks
+    ahead); None without future scores. NaN counts as 0."""
+    if future_scores is None or not np.size(future_scores):
+        return None
+    fut = np.nan_to_num(np.asarray(future_scores, np.float64), nan=0.0)  # (Q, C)
+    for c in (ignore_index, background_index):
+        if c is not None and 0 <= c < fut.shape[1]:
+            fut[:, c] = -1.0
+    q, c = np.unravel_index(int(np.argmax(fut)), fut.shape)
+    return (int(c), float(fut[q, c]), int(q)) if fut[q, c] >= 0 else None

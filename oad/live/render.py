@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from oad.live.records import ChunkRecord
+from oad.live.records import ChunkRecord, upcoming_action
 
 __all__ = ["OverlayState", "RenderSink", "draw_overlay", "overlay_state", "video_codec"]
 
@@ -139,15 +139,8 @@ def overlay_state(record: ChunkRecord, previous: OverlayState | None, class_name
     if ignore_index is not None and 0 <= ignore_index < len(scores):
         scores[ignore_index] = 0.0
     k = int(np.argmax(scores))
-    upcoming = None
-    if record.future_scores is not None and np.size(record.future_scores):
-        fut = np.asarray(record.future_scores, np.float32).copy()  # (Q, C)
-        for c in (ignore_index, background_index):
-            if c is not None and 0 <= c < fut.shape[1]:
-                fut[:, c] = -1.0
-        q, c = np.unravel_index(int(np.argmax(fut)), fut.shape)
-        if fut[q, c] >= 0:
-            upcoming = (class_names[c], float(fut[q, c]), (q + 1) / rate)
+    ahead = upcoming_action(record.future_scores, ignore_index, background_index)
+    upcoming = None if ahead is None else (class_names[ahead[0]], ahead[1], (ahead[2] + 1) / rate)
     return OverlayState("scored", record.start_s, (class_names[k], float(scores[k])), upcoming, scores, k)
 
 

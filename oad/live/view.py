@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from oad.live.records import ChunkRecord
+from oad.live.records import ChunkRecord, upcoming_action
 
 __all__ = ["ViewSink", "chunk_message"]
 
@@ -63,15 +63,10 @@ def chunk_message(record: ChunkRecord, class_names: list[str], rate: float, igno
     msg["scores"] = [round(float(s), 4) for s in scores]
     order = np.argsort(-scores, kind="stable")[:top_k]
     msg["top"] = [[int(k), class_names[k], round(float(scores[k]), 4)] for k in order]
-    if record.future_scores is not None and np.size(record.future_scores):
-        fut = np.nan_to_num(np.asarray(record.future_scores, np.float64), nan=0.0)  # (Q, C)
-        for c in (ignore_index, background_index):
-            if c is not None and 0 <= c < fut.shape[1]:
-                fut[:, c] = -1.0
-        q, c = np.unravel_index(int(np.argmax(fut)), fut.shape)
-        if fut[q, c] >= 0:
-            msg["upcoming"] = {"class": int(c), "name": class_names[c], "score": round(float(fut[q, c]), 4),
-                               "ahead_s": round((q + 1) / rate, 4)}
+    ahead = upcoming_action(record.future_scores, ignore_index, background_index)
+    if ahead is not None:
+        c, score, q = ahead
+        msg["upcoming"] = {"class": c, "name": class_names[c], "score": round(score, 4), "ahead_s": round((q + 1) / rate, 4)}
     return msg
 
 

@@ -48,8 +48,6 @@ detection, events): above 1 the run keeps up with a live stream.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 import uuid
@@ -65,7 +63,7 @@ from omegaconf import DictConfig
 
 from oad.checkpoint import load_network
 from oad.data.readers import count_nonfinite
-from oad.io import atomic_write_bytes, load_npy, output_set, write_json
+from oad.io import atomic_write_bytes, load_npy, output_set, scores_csv_bytes, write_json
 from oad.online import EventDetector, OnlineDetector
 from oad.tasks.common import resolve_ignore_index
 
@@ -94,15 +92,6 @@ def check_stream_dims(ckpt: str, in_dim: int, expected: list[int] | None, got: l
             )
     elif sum(got) != in_dim:
         raise ValueError(f"checkpoint {ckpt}: the model takes {in_dim}-d features, the extractor gives {fmt} ({what})")
-
-
-def _csv_bytes(comment: str, columns: list[str], rows: Iterator[list]) -> bytes:
-    buf = io.StringIO()
-    buf.write(f"# {comment}\n")
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    w.writerows(rows)
-    return buf.getvalue().encode()
 
 
 @dataclass(frozen=True)
@@ -516,14 +505,12 @@ def _write_set(cfg: DictConfig, staged: Path, settings: StreamSettings, source: 
                meta: dict[str, Any], events: EventDetector, model_name: str, scores: np.ndarray) -> None:
     """The files of one set, into ``staged``."""
     class_names, rate = settings.class_names, settings.rate
-    columns = ["chunk", "start_s", "end_s", *class_names]
     comment = (f"oad stream: checkpoint={settings.ckpt} backbone={source.backbone or 'unknown (features file)'} "
                f"weights={source.weights or 'unknown (features file)'}"
                + (" RANDOM BACKBONE WEIGHTS" if source.random_weights else "")
                + "".join(f" {k}={v}" for k, v in source.input.items()) + f" run_id={meta['run_id']}")
-    atomic_write_bytes(staged / "scores.csv", _csv_bytes(
-        comment, columns, ([i, f"{s:.6g}", f"{e:.6g}", *(f"{p:.6f}" for p in r)]
-                           for i, s, e, r in zip(run.index, run.starts, run.ends, run.rows))))
+    atomic_write_bytes(staged / "scores.csv", scores_csv_bytes(
+        comment, class_names, zip(run.index, run.starts, run.ends, run.rows)))
     write_json(staged / "scores.json", {
         "meta": meta,
         "class_names": class_names,
@@ -555,6 +542,9 @@ def _write_set(cfg: DictConfig, staged: Path, settings: StreamSettings, source: 
                      ignore_index=settings.ignore_index, background_index=cfg.events.get("background_index", 0))
 
 
+RANDOM_WEIGHTS_LINE = "WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only"
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """What ``tools/stream.py`` prints."""
     if result.get("live"):
@@ -562,7 +552,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
         lines = live_lines(result)
         if result["meta"]["random_weights"]:
-            lines.insert(-1, "WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only")
+            lines.insert(-1, RANDOM_WEIGHTS_LINE)
         return lines
     m = result["meta"]
     lines = [
@@ -573,7 +563,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"; timeline -> {result['timeline']}" if result["timeline"] else ""),
     ]
     if m["random_weights"]:
-        lines.append("WARNING: RANDOM backbone weights (backbone.weights=random): outputs are for testing only")
+        lines.append(RANDOM_WEIGHTS_LINE)
     if m["num_skipped_chunks"]:
         lines.append(f"WARNING: {m['num_skipped_chunks']} chunks skipped for NaN/Inf features (meta.skipped_chunks)")
     lines.append(f"real-time factor: {m['real_time_factor']:.2f} (video seconds / wall seconds)")
