@@ -192,3 +192,24 @@ def test_init_option():
     assert dflt.input_linear[0].weight.std() > 0.05  # PyTorch's kaiming-uniform: ~1/sqrt(3*32)
     with pytest.raises(ValueError, match="init"):
         TRN(in_dim=32, hidden_dim=16, init="zeros")
+
+
+def test_input_norm_option():
+    """``input_norm=True``: Linear -> LayerNorm -> ReLU, every chunk's pre-activations centred, streamed exactly."""
+    plain = _small_model()
+    model = _small_model(input_norm=True)
+    assert [type(m) for m in model.input_linear] == [nn.Linear, nn.LayerNorm, nn.ReLU]
+    assert [type(m) for m in plain.input_linear] == [nn.Linear, nn.ReLU]
+    torch.manual_seed(4)
+    x = torch.rand(2, 6, SMALL["in_dim"]) + 5.0  # non-negative with a large common offset
+    with torch.no_grad():
+        pre = model.input_linear[:2](x)
+        torch.testing.assert_close(pre.mean(-1), torch.zeros(2, 6), atol=1e-5, rtol=0)
+        enc_logits, dec_logits = model.forward_dense(x)
+        state = model.init_state(2)
+        for t in range(x.shape[1]):
+            logits, future_logits, state = model.step(x[:, t], state)
+            torch.testing.assert_close(logits, enc_logits[:, t], atol=0, rtol=0)
+            torch.testing.assert_close(future_logits, dec_logits[:, t], atol=0, rtol=0)
+        # Same Linear weights (same seed), so the LayerNorm alone changes the scores.
+        assert not torch.allclose(enc_logits, plain.forward_dense(x)[0], atol=1e-3)

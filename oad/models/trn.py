@@ -69,6 +69,7 @@ class TRN(OnlineModel):
         dropout: float = 0.1,
         ignore_index: int | None = 21,
         init: str = "reference",
+        input_norm: bool = False,
     ) -> None:
         """Builds the network with the reference initialisation.
 
@@ -84,6 +85,12 @@ class TRN(OnlineModel):
                 ``"pytorch"``: PyTorch's default initialisation. The reference's tiny weights suit its
                 4096-d model trained for 21 epochs; with the small demo model and a few hundred steps
                 they stall learning (docs/benchmarks.md), so the demo recipe uses ``"pytorch"``.
+            input_norm: a LayerNorm between ``input_linear``'s Linear and its ReLU (not in the reference:
+                its parameters are ``input_linear.1``, the ReLU moves to ``input_linear.2``). On non-negative
+                inputs with a common offset (post-ReLU features, as real releases are) every Adam step moves
+                all pre-activations of a unit together, and at the demo's learning rate half of the input
+                units died (never active on validation); the LayerNorm takes out that common shift
+                (docs/benchmarks.md section 17). Off in the paper recipe (the reference's layout).
         """
         super().__init__()
         if num_queries < 1:
@@ -95,7 +102,9 @@ class TRN(OnlineModel):
         self.num_queries = num_queries
         self.ignore_index = ignore_index
 
-        self.input_linear = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True))
+        self.input_norm = bool(input_norm)
+        norm = [nn.LayerNorm(in_dim)] if self.input_norm else []
+        self.input_linear = nn.Sequential(nn.Linear(in_dim, in_dim), *norm, nn.ReLU(inplace=True))
         self.hx_trans = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True))
         self.cx_trans = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True))
         self.fusion_linear = nn.Sequential(nn.Linear(num_classes, hidden_dim), nn.ReLU(inplace=True))
