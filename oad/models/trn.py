@@ -50,7 +50,7 @@ class TRN(OnlineModel):
     future_offset = 0
 
     # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds, benchmark rows
-    tiny = dict(hidden_dim=32, num_queries=3)
+    tiny = dict(hidden_dim=32, num_queries=3, input_norm=True)  # the demo recipe's input layer
     int8_tolerance = {"fp32": 0.03, "offline": 0.0}  # offline: the same (1, D) products, exactly equal
     paper_variants = {"TRN": {}}
 
