@@ -293,3 +293,24 @@ def test_test_classes_missing_from_training_are_flagged(tmp_path):
     assert cover["mAP_seen"] == pytest.approx(np.mean([ap for n, ap in per_class.items() if n not in want]))
     assert res["rows"][0]["unseen_classes"] == cover["unseen_in_training"]
     assert f"caution: {len(want)} scored test classes have no training chunk" in format_table(res)
+
+
+def test_only_models_and_only_datasets_pick_a_piece_of_the_suite(tmp_path):
+    """A suite split into jobs: only_models / only_datasets keep the named entries in configured order;
+    an unknown name is refused before any training, naming the known ones."""
+    from oad.tasks.leaderboard import _datasets, _entries
+
+    whole = compose_cfg("leaderboard", ["suite=robustness"], tmp_path)
+    cfg = compose_cfg("leaderboard", ["suite=robustness", "only_models=[trn,linear]",
+                                      "only_datasets=[telling_chunk_scaled,thumos_labels]"], tmp_path)
+    assert [e["name"] for e in _entries(cfg)] == ["linear", "trn"]  # the configured order, not the given one
+    picked = _datasets(cfg)
+    assert [d["name"] for d in picked] == ["thumos_labels", "telling_chunk_scaled"]
+    assert picked == [d for d in _datasets(whole) if d["name"] in ("thumos_labels", "telling_chunk_scaled")]
+    assert len(_entries(whole)) == len(registry.names()) and len(_datasets(whole)) == 5
+    for bad, match in ((["only_models=[trn,nosuch]"], r"\['nosuch'\] not among the models"),
+                       (["only_datasets=[nosuch]"], r"\['nosuch'\] not among the datasets .*thumos_labels"),
+                       (["only_models=[]"], "an empty list")):
+        bad_cfg = compose_cfg("leaderboard", ["suite=robustness", *bad], tmp_path)
+        with pytest.raises(ValueError, match=match):
+            leaderboard(bad_cfg)

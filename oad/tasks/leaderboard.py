@@ -511,7 +511,20 @@ def _datasets(cfg: DictConfig) -> list[dict] | None:
     names = [d["name"] for d in out]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique (they name the run folders): {names}")
-    return out
+    return _only(out, cfg.get("only_datasets"), "only_datasets", "datasets")
+
+
+def _only(items: list[dict], keep: Sequence[str] | None, key: str, what: str) -> list[dict]:
+    """The ``items`` named in ``keep`` (in their configured order), all of them for None; an unknown name is
+    an error listing the known ones (a suite run in pieces, e.g. one dataset or model per job)."""
+    if keep is None:
+        return items
+    keep = [str(k) for k in keep]
+    names = [i["name"] for i in items]
+    unknown = [k for k in keep if k not in names]
+    if unknown or not keep:
+        raise ValueError(f"{key}: {unknown or 'an empty list'} not among the {what} {names}")
+    return [i for i in items if i["name"] in keep]
 
 
 def _mean_row(rows: list[dict], seeds: list[int]) -> dict[str, Any]:
@@ -549,7 +562,7 @@ def _entries(cfg: DictConfig) -> list[dict]:
         raise ValueError(f"model names must be unique (they name the run folders): {dup}")
     if not entries:
         raise ValueError("models: empty list")
-    return entries
+    return _only(entries, cfg.get("only_models"), "only_models", "models")
 
 
 def leaderboard(cfg: DictConfig) -> dict[str, Any]:
