@@ -265,3 +265,36 @@ def test_converter_reads_a_reference_checkpoint(case, model, tmp_path):
     net, _ = load_network(dst)
     video = case_video(case)[:60]
     assert_close(net.eval().forward_video(video)[0], model.forward_video(video)[0], rtol=0, atol=0)
+
+
+def test_window_bound_video_trains_the_tail_of_every_video():
+    """``window_bound="video"``: windows up to ``ws + W < T`` (LSTR's bound), anticipation rows past the end
+    take the last chunk's target; a video too short for the reference's bound still gives a window."""
+    import numpy as np
+
+    from oad.data.base import Video
+    from oad.data.samples import cmert_memory_windows
+
+    T = 3 * W + 5  # W + 2A + 1 = 15 < T: both bounds give windows here
+    targets = np.zeros((T, 22), dtype=np.float32)
+    targets[np.arange(T), np.arange(T) % 21] = 1
+    v = Video("vid", (np.random.default_rng(0).standard_normal((T, 6)).astype(np.float32),), targets)
+    config = {"work_memory": W, "long_memory": 16, "long_stride": 4, "context": K, "anticipation": A, "future": 8}
+    ref = cmert_memory_windows([v], config, ignore_index=21)
+    video = cmert_memory_windows([v], {**config, "window_bound": "video"}, ignore_index=21)
+    for rng_seed in range(5):  # every per-epoch offset
+        rng = np.random.default_rng(rng_seed)
+        s0 = np.random.default_rng(rng_seed).integers(0, W)
+        r_ends, v_ends = ref.ends(v, np.random.default_rng(rng_seed)), video.ends(v, rng)
+        assert (r_ends + 2 * A < T).all() and (v_ends < T).all()
+        assert v_ends.max() + W >= T and set(r_ends) <= set(v_ends) and (v_ends - W)[0] == s0
+    last = video.item(v, T - 1)  # the window ending at chunk T - 2: rows past the end are the last chunk's
+    expect = targets[np.minimum(np.arange(T - 1 - W, T - 1 + A), T - 1)]
+    assert torch.equal(last["target"], torch.from_numpy(expect))
+    assert torch.equal(last["target"][-1], torch.from_numpy(targets[T - 1]))
+    # a video of W + 2A chunks: nothing under the reference's bound, windows under the video bound
+    short = Video("short", (v.streams[0][:W + 2 * A],), targets[:W + 2 * A])
+    assert len(cmert_memory_windows([short], config, ignore_index=21)) == 0
+    assert len(cmert_memory_windows([short], {**config, "window_bound": "video"}, ignore_index=21)) > 0
+    with pytest.raises(ValueError, match="window_bound"):
+        cmert_memory_windows([v], {**config, "window_bound": "nosuch"}, ignore_index=21)

@@ -79,9 +79,11 @@ class ContextWindowDataset(MemoryWindowDataset):
     with ``K`` context chunks before each window, ``A`` anticipation targets after it and ``F`` future targets.
 
     Per epoch and video a random offset ``s0`` in ``[0, W)``, windows ``[ws, ws + W)`` at stride ``W`` with
-    ``ws + W + A < T - A`` (the reference's bound). An item: ``features (K + W, D)`` the context chunks
+    ``ws + W + A < T - A`` (``window_bound="reference"``, the reference's bound) or ``ws + W < T`` (``"video"``,
+    LSTR's). An item: ``features (K + W, D)`` the context chunks
     (chunk 0 before the start of the video) then the work chunks, ``mask (K + W,)`` (all True),
-    ``target (W + A, C)`` of chunks ``ws .. ws + W + A - 1``, ``future_target (F, C)`` of chunks
+    ``target (W + A, C)`` of chunks ``ws .. ws + W + A - 1`` (the last chunk's past the end of the video),
+    ``future_target (F, C)`` of chunks
     ``ws .. ws + F - 1`` (the last chunk's past the end of the video), ``long_features (N, D)`` and
     ``long_mask (N,)`` as TeSTra's (``linspace(ws - L, ws - 1, N)``).
 
@@ -93,17 +95,21 @@ class ContextWindowDataset(MemoryWindowDataset):
         context: ``K``.
         anticipation: ``A``.
         future: ``F``.
+        window_bound: ``"reference"`` or ``"video"`` (above).
         seed: seed of the per-epoch offsets.
     """
 
     def __init__(self, videos: list[Video], work_memory: int, long_memory: int, long_stride: int, context: int,
-                 anticipation: int, future: int, seed: int = 0):
+                 anticipation: int, future: int, window_bound: str = "reference", seed: int = 0):
+        if window_bound not in ("reference", "video"):
+            raise ValueError(f"window_bound must be 'reference' or 'video', got {window_bound!r}")
         self.K, self.A, self.F = context, anticipation, future
+        self.tail = 2 * anticipation if window_bound == "reference" else 0  # ws + W + tail < T
         super().__init__(videos, work_memory, long_memory, long_stride, stretch=False, seed=seed)
 
     def ends(self, video: Video, rng: np.random.Generator) -> np.ndarray:
         s0 = int(rng.integers(0, self.W))
-        starts = np.arange(s0, video.num_chunks - self.W - 2 * self.A, self.W)  # ws + W + A < T - A
+        starts = np.arange(s0, video.num_chunks - self.W - self.tail, self.W)
         return starts + self.W
 
     def item(self, video: Video, end: int) -> dict[str, torch.Tensor]:
@@ -118,7 +124,7 @@ class ContextWindowDataset(MemoryWindowDataset):
         return {
             "features": torch.from_numpy(np.ascontiguousarray(video.features(lo, end)[work - lo])),
             "mask": torch.ones(self.K + self.W, dtype=torch.bool),
-            "target": torch.from_numpy(targets[ws:end + self.A]),
+            "target": torch.from_numpy(targets[np.minimum(np.arange(ws, end + self.A), T - 1)]),
             "future_target": torch.from_numpy(targets[future]),
             "long_features": torch.from_numpy(np.ascontiguousarray(long)),
             "long_mask": torch.from_numpy(valid),

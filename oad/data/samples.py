@@ -80,7 +80,7 @@ def cmert_memory_windows(videos: list[Video], config: Mapping[str, Any], *, igno
                                 long_memory=int(config.get("long_memory", 1024)),
                                 long_stride=int(config.get("long_stride", 4)), context=int(config.get("context", 2)),
                                 anticipation=int(config.get("anticipation", 8)), future=int(config.get("future", 48)),
-                                seed=seed)
+                                window_bound=str(config.get("window_bound", "reference")), seed=seed)
 
 
 def _memory_windows(videos: list[Video], config: Mapping[str, Any], seed: int, stretch: bool) -> MemoryWindowDataset:

@@ -87,6 +87,11 @@ class CMeRT(LSTR):
         gen_layers: layers of the generation decoder.
         refine_layers: refinement passes (one layer each; the reference's ``REFINE_TIMES``).
         max_len: rows of the positional table (reference 5000).
+        window_bound: which training windows a video gives (read by the samples function only):
+            ``"reference"``, the reference's ``ws + W + A < T - A``, which never supervises the last
+            ``2A + 1`` chunks of a video as work chunks and takes nothing from a video of ``W + 2A`` chunks or
+            fewer; ``"video"``, every window inside the video (``ws + W < T``, as LSTR and TeSTra), the
+            anticipation rows past the end taking the last chunk's target as the future targets do.
     """
 
     online_step = "oad.online.cmert:CMeRTStep"
@@ -136,6 +141,7 @@ class CMeRT(LSTR):
         gen_layers: int = 2,
         refine_layers: int = 1,
         max_len: int = 5000,
+        window_bound: str = "reference",
     ):
         super().__init__(in_dim=in_dim, num_classes=num_classes, d_model=d_model, num_heads=num_heads,
                          ffn_dim=ffn_dim, dropout=dropout, long_memory=long_memory, long_stride=long_stride,
@@ -151,6 +157,9 @@ class CMeRT(LSTR):
             raise ValueError(f"need context >= 0 and refine_layers >= 1, got {context}, {refine_layers}")
         if context + work_memory > max_len or work_memory + anticipation > max_len:
             raise ValueError(f"max_len {max_len} is too small for the work and anticipation positions")
+        if window_bound not in ("reference", "video"):
+            raise ValueError(f"window_bound must be 'reference' or 'video', got {window_bound!r}")
+        self.window_bound = window_bound
         self.visual_dim, self.context, self.num_queries, self.future = visual_dim, context, anticipation, future
         self.feature_head_long = TwoStreamFeatureHead(visual_dim, in_dim - visual_dim, d_model)
         self.feature_head_work = TwoStreamFeatureHead(visual_dim, in_dim - visual_dim, d_model)
