@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from oad.models.trn import TRN
 
@@ -137,19 +137,26 @@ def test_shapes_and_every_parameter_gets_a_gradient(num_queries):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_step_loop_equals_forward_dense():
-    model = _small_model()
-    torch.manual_seed(2)
-    x = torch.randn(2, 6, SMALL["in_dim"])
+def _step_loop_equals_forward_dense(model: TRN, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Runs ``model.step`` over ``x (B, T, D)``, asserts it equals ``forward_dense`` exactly, returns the latter."""
     with torch.no_grad():
         enc_logits, dec_logits = model.forward_dense(x)
-        state = model.init_state(2)
+        state = model.init_state(x.shape[0])
         for t in range(x.shape[1]):
             logits, future_logits, state = model.step(x[:, t], state)
             torch.testing.assert_close(logits, enc_logits[:, t], atol=0, rtol=0)
             torch.testing.assert_close(future_logits, dec_logits[:, t], atol=0, rtol=0)
+    return enc_logits, dec_logits
+
+
+def test_step_loop_equals_forward_dense():
+    model = _small_model()
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, SMALL["in_dim"])
+    enc_logits, _ = _step_loop_equals_forward_dense(model, x)
     # The state carries information: the same chunk scores differently after a different history.
-    assert not torch.allclose(enc_logits[0, 1:], model.forward_dense(x[:1, 1:])[0][0], atol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(enc_logits[0, 1:], model.forward_dense(x[:1, 1:])[0][0], atol=1e-4)
 
 
 def test_init_state_shapes():
@@ -202,14 +209,9 @@ def test_input_norm_option():
     assert [type(m) for m in plain.input_linear] == [nn.Linear, nn.ReLU]
     torch.manual_seed(4)
     x = torch.rand(2, 6, SMALL["in_dim"]) + 5.0  # non-negative with a large common offset
+    enc_logits, _ = _step_loop_equals_forward_dense(model, x)
     with torch.no_grad():
         pre = model.input_linear[:2](x)
         torch.testing.assert_close(pre.mean(-1), torch.zeros(2, 6), atol=1e-5, rtol=0)
-        enc_logits, dec_logits = model.forward_dense(x)
-        state = model.init_state(2)
-        for t in range(x.shape[1]):
-            logits, future_logits, state = model.step(x[:, t], state)
-            torch.testing.assert_close(logits, enc_logits[:, t], atol=0, rtol=0)
-            torch.testing.assert_close(future_logits, dec_logits[:, t], atol=0, rtol=0)
         # Same Linear weights (same seed), so the LayerNorm alone changes the scores.
         assert not torch.allclose(enc_logits, plain.forward_dense(x)[0], atol=1e-3)
