@@ -74,6 +74,15 @@ class MemoryWindowDataset(EpochIndex):
         }
 
 
+def window_tail(window_bound: str, anticipation: int) -> int:
+    """Chunks a CMeRT training window leaves after itself: ``ws + W + tail < T``; ``2A`` under the
+    reference's bound (``"reference"``: ``ws + W + A < T - A``), 0 under LSTR's (``"video"``)."""
+    tails = {"reference": 2 * anticipation, "video": 0}
+    if window_bound not in tails:
+        raise ValueError(f"window_bound must be 'reference' or 'video', got {window_bound!r}")
+    return tails[window_bound]
+
+
 class ContextWindowDataset(MemoryWindowDataset):
     """CMeRT's training samples (reference ``CMeRTBatchDataLayer``): TeSTra's work windows and long memories
     with ``K`` context chunks before each window, ``A`` anticipation targets after it and ``F`` future targets.
@@ -101,10 +110,8 @@ class ContextWindowDataset(MemoryWindowDataset):
 
     def __init__(self, videos: list[Video], work_memory: int, long_memory: int, long_stride: int, context: int,
                  anticipation: int, future: int, window_bound: str = "reference", seed: int = 0):
-        if window_bound not in ("reference", "video"):
-            raise ValueError(f"window_bound must be 'reference' or 'video', got {window_bound!r}")
         self.K, self.A, self.F = context, anticipation, future
-        self.tail = 2 * anticipation if window_bound == "reference" else 0  # ws + W + tail < T
+        self.tail = window_tail(window_bound, anticipation)
         super().__init__(videos, work_memory, long_memory, long_stride, stretch=False, seed=seed)
 
     def ends(self, video: Video, rng: np.random.Generator) -> np.ndarray:

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oad.data.memory import window_tail
 from oad.models.lstr import LSTR, Decoder, TwoStreamFeatureHead, causal_bias, padding_bias
 from oad.models.testra import TeSTra
 
@@ -157,9 +158,7 @@ class CMeRT(LSTR):
             raise ValueError(f"need context >= 0 and refine_layers >= 1, got {context}, {refine_layers}")
         if context + work_memory > max_len or work_memory + anticipation > max_len:
             raise ValueError(f"max_len {max_len} is too small for the work and anticipation positions")
-        if window_bound not in ("reference", "video"):
-            raise ValueError(f"window_bound must be 'reference' or 'video', got {window_bound!r}")
-        self.window_bound = window_bound
+        window_tail(window_bound, anticipation)  # a wrong value fails here, before any training
         self.visual_dim, self.context, self.num_queries, self.future = visual_dim, context, anticipation, future
         self.feature_head_long = TwoStreamFeatureHead(visual_dim, in_dim - visual_dim, d_model)
         self.feature_head_work = TwoStreamFeatureHead(visual_dim, in_dim - visual_dim, d_model)

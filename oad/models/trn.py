@@ -102,8 +102,7 @@ class TRN(OnlineModel):
         self.num_queries = num_queries
         self.ignore_index = ignore_index
 
-        self.input_norm = bool(input_norm)
-        norm = [nn.LayerNorm(in_dim)] if self.input_norm else []
+        norm = [nn.LayerNorm(in_dim)] if input_norm else []
         self.input_linear = nn.Sequential(nn.Linear(in_dim, in_dim), *norm, nn.ReLU(inplace=True))
         self.hx_trans = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True))
         self.cx_trans = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True))

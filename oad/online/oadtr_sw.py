@@ -40,9 +40,11 @@ class OadTRSWStep(OnlineStep):
         with torch.no_grad():
             self.ro_q = None if self.in_encoder else n.readout.query()  # (1, H, 1, dh)
             self.dec_x1, self.dec_q1 = n.decoder_prefix()  # (1, 1, Q, d_dec), (1, Hd, Q, dh)
-        self.enc_bias = ring_bias_table(n.enc_slopes, self.L).to(device=device, dtype=dtype)  # (2L, 1, H, 1, L)
-        dec = ring_bias_table(n.dec_slopes, self.K)  # (2K, 1, Hd, 1, K) + the token's slot (bias 0)
-        self.dec_bias = torch.cat((dec, dec.new_zeros(*dec.shape[:-1], 1)), dim=-1).to(device=device, dtype=dtype)
+        enc = ring_bias_table(n.enc_slopes, self.L)  # (2L, 1, H, 1, L)
+        self.enc_bias = enc.to(device=device, dtype=dtype)
+        # the encoder token's rows (readout="encoder") and the decoder see one more slot, the token's (bias 0)
+        self.tok_bias = _with_token_slot(enc).to(device=device, dtype=dtype) if self.in_encoder else None
+        self.dec_bias = _with_token_slot(ring_bias_table(n.dec_slopes, self.K)).to(device=device, dtype=dtype)
         self.count = 0
 
     def start(self, n: int) -> None:
@@ -72,7 +74,9 @@ class OadTRSWStep(OnlineStep):
         c = self.count
         p, pd = c % L, c % K
         self.count = c = c + 1
-        self._bias_enc = self.enc_bias[p if c >= L else L + p]  # (1, H, 1, L)
+        row = p if c >= L else L + p
+        self._bias_enc = self.enc_bias[row]  # (1, H, 1, L)
+        self._bias_tok = None if self.tok_bias is None else self.tok_bias[row]  # (1, H, 1, L+1)
         self._bias_dec = self.dec_bias[pd if c >= K else K + pd]  # (1, Hd, 1, K+1)
         h = net.linear_encoding(x)[:, None]  # (N, in_dim) -> (N, 1, d)
         for layer, (kc, vc) in zip(net.encoder, self.enc_kv):
@@ -115,14 +119,19 @@ class OadTRSWStep(OnlineStep):
         """``readout="encoder"``: the token ``(N, 1, d)`` as a query row of every encoder layer over its
         cache (the current chunk included) and its own key/value (bias 0)."""
         net = self.net
-        bias = torch.cat((self._bias_enc, self._bias_enc.new_zeros(*self._bias_enc.shape[:-1], 1)), dim=-1)
         tok = net.cls_token.expand(n, 1, -1)  # (N, 1, d)
         for layer, (kc, vc) in zip(net.encoder, self.enc_kv):
             q, k, v = layer.qkv(tok)  # (N, H, 1, dh)
-            tok = layer.finish(tok, layer.attend(q, torch.cat((kc, k), dim=2), torch.cat((vc, v), dim=2), bias))
+            tok = layer.finish(tok, layer.attend(q, torch.cat((kc, k), dim=2), torch.cat((vc, v), dim=2),
+                                                 self._bias_tok))
         return net.encoder_norm(tok)
 
     def prime(self, x: Tensor) -> None:
         """Feed ``x (N, T, in_dim)`` into the caches (the readout and the decoder queries are skipped)."""
         for t in range(x.shape[1]):
             self._advance(x[:, t])
+
+
+def _with_token_slot(table: Tensor) -> Tensor:
+    """A ring bias table ``(..., S)`` with one more key slot at the end, the current token's (bias 0)."""
+    return torch.cat((table, table.new_zeros(*table.shape[:-1], 1)), dim=-1)
