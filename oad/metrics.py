@@ -12,6 +12,8 @@ Plain numpy functions over per-chunk arrays, following the protocols of TRN (Xu 
 * :func:`anticipation_map`: mAP of the future scores of each decoder step (OadTR, TRN).
 * :func:`switch_cliffdiving`, :func:`smooth_max`: the optional post-processing of the reference code, OFF by
   default; every report that uses them names them (``evaluate_predictions(...)['postprocess']``).
+* :func:`bootstrap_map_difference`: how much a per-frame mAP difference between two models depends on the
+  test videos drawn (a paired bootstrap over videos; the leaderboard's interval of a margin over the floor).
 * :func:`select_protocol`: which chunks are scored: ``"all"`` (TRN, LSTR) or ``"windows"`` (OadTR reference).
 * :func:`evaluate_predictions`: validates a prediction set and returns one JSON-ready report.
 
@@ -48,6 +50,7 @@ __all__ = [
     "PROTOCOLS",
     "anticipation_map",
     "average_precision",
+    "bootstrap_map_difference",
     "calibrated_average_precision",
     "evaluate_predictions",
     "evaluate_protocols",
@@ -296,6 +299,112 @@ def perframe_map(
     if not per_class:
         logger.warning("perframe_map: no scored class has a positive among %d chunks; mAP is nan", len(scores))
     return {"mAP": _nanmean(list(per_class.values())), "per_class_AP": per_class}
+
+
+def _resampled_ap(scores: np.ndarray, positives: np.ndarray, group: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AP of one class on ``R`` resamples of its groups (videos) at once.
+
+    ``scores``, ``positives``: ``(N,)``; ``group``: ``(N,)`` the group of each sample, in ``0 .. G-1``;
+    ``counts``: ``(R, G)`` how many times each group is drawn. Returns ``(R,)``: exactly
+    :func:`average_precision` on the data with every group repeated ``counts`` times (the copies of a sample
+    tie, so they form one threshold), i.e. ``sum_p w_p TP_w(>= s_p) / N_w(>= s_p) / sum_p w_p`` over the
+    positives ``p`` with ``w`` the count of their group; NaN where no drawn group holds a positive (the class
+    is skipped in that resample's mean, as in :func:`perframe_map`). The weighted counts are matrix
+    products ``counts @ (G, P)`` of per-group counts, so a resample costs ``O(G P)``, not ``O(N)``.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, pos, grp = scores[order], positives[order], group[order]
+    last = np.ones(s.size, dtype=bool)
+    last[:-1] = s[1:] != s[:-1]  # the last sample of each tied block
+    ends = np.flatnonzero(last)
+    pidx = np.flatnonzero(pos)
+    upto = ends[np.searchsorted(ends, pidx)]  # each positive's block end: samples with score >= s_p are [0, upto]
+    num_groups = counts.shape[1]
+    at_or_above = np.zeros((num_groups, pidx.size))  # (G, P) samples of each group with score >= s_p
+    pos_at_or_above = np.zeros((num_groups, pidx.size))
+    for g in np.unique(grp):
+        mine = np.flatnonzero(grp == g)
+        at_or_above[g] = np.searchsorted(mine, upto, side="right")
+        at_or_above_pos = np.flatnonzero(pos[mine])
+        pos_at_or_above[g] = np.searchsorted(mine[at_or_above_pos], upto, side="right")
+    num_ge = counts @ at_or_above  # (R, P)
+    tp_ge = counts @ pos_at_or_above
+    wp = counts[:, grp[pidx]]  # (R, P) weight of each positive
+    prec = np.divide(tp_ge, num_ge, out=np.zeros_like(tp_ge), where=num_ge > 0)
+    den = wp.sum(axis=1)
+    return np.divide((wp * prec).sum(axis=1), den, out=np.full(den.shape, np.nan), where=den > 0)
+
+
+def bootstrap_map_difference(
+    runs: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], Mapping[str, np.ndarray]]],
+    ignore_index: int | None = 21,
+    background_index: int | None = 0,
+    num_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How sure is ``mAP(A) - mAP(B)`` on these test videos? A paired bootstrap over videos.
+
+    ``runs``: one ``(scores_a, scores_b, targets)`` per training seed, each a dict video -> ``(T, C)`` array
+    (the LSTR prediction format), the same videos in every entry. Each resample draws the test videos
+    with replacement (one draw shared by the two models and by every seed, so the comparison is paired) and
+    computes the per-frame mAP difference of every seed (:func:`perframe_map`'s protocol: ignore rows
+    removed, background and ignore never scored, classes without a positive skipped), averaged over the seeds.
+    The interval is the percentile interval of those means: it measures how much the difference depends on
+    which test videos were drawn, not how much it varies with the training seed (that is what several seeds
+    in the point estimate are for).
+
+    Returns:
+        ``{'difference': float (on the videos as drawn), 'low', 'high': the percentile interval at
+        ``level``, 'level', 'num_resamples', 'num_videos', 'p_not_above': fraction of resamples where the
+        difference is <= 0}``.
+    """
+    if not runs:
+        raise ValueError("bootstrap_map_difference: no runs")
+    if num_resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"bootstrap_map_difference: need num_resamples >= 1 and 0 < level < 1, got "
+                         f"{num_resamples}, {level}")
+    names = sorted(runs[0][2])
+    for i, (a, b, t) in enumerate(runs):
+        for what, d in (("scores_a", a), ("scores_b", b), ("targets", t)):
+            if sorted(d) != names:
+                raise ValueError(f"bootstrap_map_difference: run {i} {what} holds other videos than run 0's targets")
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))
+                       for _ in range(num_resamples)]).astype(np.float64)  # (R, V) times each video is drawn
+    counts = np.concatenate([np.ones((1, len(names))), counts])  # row 0: the videos as drawn
+    per_run_full, per_run_boot = [], []
+    for a, b, t in runs:
+        lengths = [len(t[n]) for n in names]
+        video_of = np.repeat(np.arange(len(names)), lengths)
+        targets = np.concatenate([np.asarray(t[n]) for n in names])
+        diffs = []
+        for scores in (a, b):
+            x, y = _check_pair(np.concatenate([np.asarray(scores[n]) for n in names]), targets, 2,
+                               "bootstrap_map_difference")
+            keep = _valid_rows(y, ignore_index)
+            classes = _scored_classes(x.shape[1], ignore_index, background_index, None)
+            if keep is not None:
+                x, y, vid = x[keep], y[keep], video_of[keep]
+            else:
+                vid = video_of
+            aps = []
+            for c in classes:
+                pos = y[:, c] > 0
+                if not pos.any():
+                    continue
+                aps.append(_resampled_ap(x[:, c], pos, vid, counts))  # (1 + R,)
+            if not aps:
+                raise ValueError("bootstrap_map_difference: no scored class has a positive")
+            diffs.append(np.nanmean(np.stack(aps), axis=0))  # (1 + R,) mAP
+        d = diffs[0] - diffs[1]
+        per_run_full.append(d[0])
+        per_run_boot.append(d[1:])
+    boot = np.mean(per_run_boot, axis=0)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": float(np.mean(per_run_full)), "low": float(lo), "high": float(hi), "level": level,
+            "num_resamples": int(num_resamples), "num_videos": len(names),
+            "p_not_above": float(np.mean(boot <= 0))}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -205,7 +205,12 @@ def test_several_datasets_seeds_and_the_floor(tmp_path):
             assert r["mAP"] == pytest.approx(sum(per_seed) / 2)
         margin = rows["trn"]["mAP"] - rows["linear"]["mAP"]
         assert rows["trn"]["margin"] == pytest.approx(margin) and "margin" not in rows["linear"]
-        assert ({"model": "trn", "data": res["data"], "margin": pytest.approx(margin)} in res["below_floor"]) == (margin <= 0)
+        interval = rows["trn"]["margin_interval"]  # over this dataset's test videos, both seeds paired
+        videos = json.loads((tmp_path / "runs" / res["data"] / "trn" / "seed3" / "metrics.json").read_text())
+        assert interval["num_videos"] == videos["protocols"]["all"]["num_videos"] and interval["num_resamples"] == 1000
+        assert interval["low"] <= interval["high"] and "margin_interval" not in rows["linear"]
+        flagged = {"model": "trn", "data": res["data"], "margin": pytest.approx(margin), "interval": interval}
+        assert (flagged in res["below_floor"]) == (margin <= 0)
     # the datasets differ: the runs saw other features
     a, b = (json.loads((tmp_path / "runs" / d / "linear" / "seed3" / "metrics.json").read_text()) for d in "ab")
     assert a["protocols"]["all"]["mAP"] != b["protocols"]["all"]["mAP"]
@@ -213,6 +218,7 @@ def test_several_datasets_seeds_and_the_floor(tmp_path):
     assert set(summary["trn"]["ranks"]) == {"a", "b"} and summary["trn"]["mean_rank"] in (1.0, 1.5, 2.0)
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.strip() == format_report(report).strip()
+    assert md.count("[low, high] after a margin: its 95% interval over the test videos") == 2
     assert md.count("Leaderboard: data ") == 2 and "Summary over 2 datasets" in md and "mean of seeds 3, 4" in md
     below = report["below_floor"]
     assert (last_line(report).startswith("below the floor (linear): trn on ")) == bool(below)
@@ -314,3 +320,46 @@ def test_only_models_and_only_datasets_pick_a_piece_of_the_suite(tmp_path):
         bad_cfg = compose_cfg("leaderboard", ["suite=robustness", *bad], tmp_path)
         with pytest.raises(ValueError, match=match):
             leaderboard(bad_cfg)
+
+
+def test_margin_interval_reads_the_runs_predictions(tmp_path, caplog):
+    """The interval of a margin over the floor comes from the two runs' predictions.pkl, seed by seed; a
+    clearly better model's interval is above 0, and a run without predictions gets none (a warning)."""
+    import numpy as np
+
+    from oad.io import write_predictions
+    from oad.tasks.leaderboard import floor_line, floor_margins
+
+    rng = np.random.default_rng(0)
+    targets = {}
+    for i in range(30):
+        y = np.zeros((int(rng.integers(30, 80)), 22))
+        y[np.arange(len(y)), rng.integers(0, 22, len(y))] = 1
+        targets[f"v{i}"] = y
+    rows = []
+    for name, signal in (("linear", 0.1), ("good", 0.8), ("bad", 0.0)):
+        dirs = {}
+        for seed in ("3", "4"):
+            d = tmp_path / name / seed
+            d.mkdir(parents=True)
+            write_predictions(d / "predictions.pkl", {k: {"scores": rng.random(y.shape) + signal * y, "targets": y,
+                                                          "future_scores": np.zeros((len(y), 0, 22))}
+                                                      for k, y in targets.items()})
+            dirs[seed] = str(d)
+        rows.append({"model": name, "metric": "mAP", "mAP": signal, "params": 1, "run_dir": str(tmp_path / name),
+                     "seed_run_dirs": dirs, "ignore_index": 21})
+    rows.append({"model": "lost", "metric": "mAP", "mAP": 0.05, "params": 1, "run_dir": str(tmp_path / "lost"),
+                 "seed_run_dirs": {"3": str(tmp_path / "lost"), "4": str(tmp_path / "lost")}, "ignore_index": 21})
+    res = {"data": "d", "floor": "linear", "rows": rows, "floor_bootstrap": 200}
+    with caplog.at_level("WARNING"):
+        floor_margins(res)
+    good, bad, lost = (next(r for r in rows if r["model"] == m) for m in ("good", "bad", "lost"))
+    assert good["margin_interval"]["low"] > 0 and good["margin_interval"]["p_not_above"] == 0
+    assert bad["margin_interval"]["high"] < 0 and bad["margin_interval"]["num_videos"] == 30
+    assert lost["margin_interval"] is None and "lost: no interval for its margin" in caplog.text
+    line = floor_line(res["below_floor"], "linear")
+    iv = bad["margin_interval"]
+    assert f"bad on d by 0.1000 (margin interval [{iv['low']:+.4f}, {iv['high']:+.4f}])" in line
+    assert "lost on d by 0.0500" in line and "lost on d by 0.0500 (" not in line
+    assert f"{bad['margin']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}] **below the floor**" in format_table(
+        res | {"winner": "good", "seeds": [3, 4]})

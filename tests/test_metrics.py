@@ -525,3 +525,71 @@ def test_plots_write_png(tmp_path):
     _assert_png(plots.plot_timeline(scores_by[name], targets_by[name], NAMES, tmp_path / "timeline_plain.png"))
     rep = M.evaluate_predictions(scores_by, targets_by, class_names=NAMES, per_stage=False)
     _assert_png(plots.plot_per_class_ap(rep["per_class_AP"], tmp_path / "ap.png", title="per-class AP"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Paired bootstrap of an mAP difference over videos
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decimals", [1, 6])  # 1: many tied scores
+def test_resampled_ap_is_the_ap_of_the_repeated_videos(decimals):
+    """Drawing a video k times is the same as repeating its chunks k times (copies tie: one threshold)."""
+    rng = np.random.default_rng(decimals)
+    for _ in range(60):
+        n, groups = int(rng.integers(1, 50)), int(rng.integers(1, 7))
+        scores = np.round(rng.random(n), decimals)
+        positives = rng.random(n) < 0.3
+        group = rng.integers(0, groups, n)
+        counts = rng.integers(0, 4, (3, groups)).astype(float)
+        got = M._resampled_ap(scores, positives, group, counts)
+        for r in range(3):
+            rep = counts[r][group].astype(int)
+            s, p = np.repeat(scores, rep), np.repeat(positives, rep)
+            if p.any():
+                assert got[r] == pytest.approx(average_precision_score(p, s), abs=1e-12)
+            else:
+                assert math.isnan(got[r])
+
+
+def _videos(rng, num, classes=22):
+    targets = {}
+    for i in range(num):
+        t = int(rng.integers(20, 120))
+        y = np.zeros((t, classes))
+        y[np.arange(t), rng.integers(0, classes, t)] = 1
+        targets[f"v{i:03d}"] = y
+    return targets
+
+
+def test_bootstrap_map_difference_on_the_drawn_videos_and_its_interval():
+    rng = np.random.default_rng(0)
+    targets = _videos(rng, 40)
+    good = {k: rng.random(y.shape) + 0.6 * y for k, y in targets.items()}
+    weak = {k: rng.random(y.shape) + 0.2 * y for k, y in targets.items()}
+    cat = lambda d: np.concatenate([d[k] for k in sorted(d)])  # noqa: E731
+    want = M.perframe_map(cat(good), cat(targets))["mAP"] - M.perframe_map(cat(weak), cat(targets))["mAP"]
+    out = M.bootstrap_map_difference([(good, weak, targets)], num_resamples=300)
+    assert out["difference"] == pytest.approx(want, abs=1e-12)
+    assert 0 < out["low"] < want < out["high"] and out["p_not_above"] == 0.0 and out["num_videos"] == 40
+    # paired and averaged over seeds: A vs B on one seed and B vs A on the other cancel in every resample
+    both = M.bootstrap_map_difference([(good, weak, targets), (weak, good, targets)], num_resamples=50)
+    assert both["difference"] == pytest.approx(0, abs=1e-12) and both["low"] == pytest.approx(0, abs=1e-12)
+    assert both["high"] == pytest.approx(0, abs=1e-12)
+    # the same resamples for the same seed: reproducible; ignore rows removed as in perframe_map
+    again = M.bootstrap_map_difference([(good, weak, targets)], num_resamples=300)
+    assert again == out
+    amb = {k: np.concatenate([y[:, :21], (rng.random((len(y), 1)) < 0.1)], axis=1) for k, y in targets.items()}
+    res = M.bootstrap_map_difference([(good, weak, amb)], num_resamples=20, ignore_index=21)
+    want = (M.perframe_map(cat(good), cat(amb), ignore_index=21)["mAP"]
+            - M.perframe_map(cat(weak), cat(amb), ignore_index=21)["mAP"])
+    assert res["difference"] == pytest.approx(want, abs=1e-12)
+
+
+def test_bootstrap_map_difference_refuses_other_videos():
+    rng = np.random.default_rng(1)
+    targets = _videos(rng, 5)
+    scores = {k: rng.random(y.shape) for k, y in targets.items()}
+    fewer = dict(list(scores.items())[:4])
+    with pytest.raises(ValueError, match="other videos"):
+        M.bootstrap_map_difference([(scores, fewer, targets)])

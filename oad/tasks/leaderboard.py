@@ -256,6 +256,7 @@ def run_entry(cfg: DictConfig, entry: dict, run_dir: Path, dataset: dict | None 
         "step_threads": threads,
         "recipe": recipe,
         "run_dir": str(run_dir),
+        "ignore_index": ignore_index,
         "unseen_classes": list((metrics.get("class_coverage") or {}).get("unseen_in_training") or []),
     }
 
@@ -333,6 +334,11 @@ def format_table(result: dict) -> str:
             cells = {h: "-" for h in head} | {"model": r["model"], f"{key} (all)": f"failed: {err}"}
         lines.append("| " + " | ".join(cells[h] for h in head) + " |")
     lines.append("")
+    interval = next((r["margin_interval"] for r in result["rows"] if _ok(r) and r.get("margin_interval")), None)
+    if interval:
+        lines.append(f"[low, high] after a margin: its {interval['level']:.0%} interval over the test videos (paired "
+                     f"bootstrap of the {interval['num_videos']} videos, {interval['num_resamples']} resamples, seeds "
+                     "averaged): how much the margin depends on the videos drawn, not on the training seed")
     unseen = sorted({c for r in result["rows"] if _ok(r) for c in r.get("unseen_classes") or []})
     if unseen:  # above the winner line, which stays the table's last line
         lines.append(f"caution: {len(unseen)} scored test classes have no training chunk ({', '.join(unseen)}): "
@@ -344,12 +350,19 @@ def format_table(result: dict) -> str:
 def _margin_cell(row: dict, floor: str | None) -> str:
     if row.get("margin") is None:
         return "floor" if row["model"] == floor else "-"
-    return f"{row['margin']:+.4f}" + ("" if row["margin"] > 0 else " **below the floor**")
+    return (f"{row['margin']:+.4f}" + _interval_text(row.get("margin_interval"))
+            + ("" if row["margin"] > 0 else " **below the floor**"))
+
+
+def _interval_text(interval: dict | None) -> str:
+    return "" if not interval else f" [{interval['low']:+.4f}, {interval['high']:+.4f}]"
 
 
 def floor_margins(result: dict) -> None:
     """Each successful row's margin over the floor row (``result['floor']``), in place; the rows at or
-    below it listed in ``result['below_floor']``."""
+    below it listed in ``result['below_floor']``. With ``result['floor_bootstrap'] = R > 0`` and the per-frame
+    mAP as the metric, each margin also gets ``margin_interval``: the 95 % interval of a paired bootstrap
+    over the test videos (:func:`margin_interval`), computed once per row."""
     floor, key = result.get("floor"), _key(result)
     base = next((r for r in result["rows"] if r["model"] == floor and _ok(r)), None)
     result["below_floor"] = []
@@ -358,8 +371,39 @@ def floor_margins(result: dict) -> None:
         if base is None or not _ok(r) or r is base:
             continue
         r["margin"] = float(r[key]) - float(base[key])
+        if "margin_interval" not in r and result.get("floor_bootstrap") and key == "mAP":
+            r["margin_interval"] = margin_interval(r, base, int(result["floor_bootstrap"]))
         if r["margin"] <= 0:
-            result["below_floor"].append({"model": r["model"], "data": result.get("data"), "margin": r["margin"]})
+            result["below_floor"].append({"model": r["model"], "data": result.get("data"), "margin": r["margin"],
+                                          "interval": r.get("margin_interval")})
+
+
+def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.95) -> dict | None:
+    """How much ``row``'s margin over ``base`` depends on which test videos were drawn: a paired bootstrap of
+    the per-frame mAP difference over the test videos of their runs' ``predictions.pkl``, the seeds
+    averaged (:func:`oad.metrics.bootstrap_map_difference`). None (and a warning) when a run has no
+    predictions or the two scored other videos."""
+    from oad.io import load_predictions
+    from oad.metrics import bootstrap_map_difference
+
+    def dirs(r: dict) -> dict[str, str]:
+        return r.get("seed_run_dirs") or {"-": r["run_dir"]}
+
+    mine, theirs = dirs(row), dirs(base)
+    try:
+        if sorted(mine) != sorted(theirs):
+            raise ValueError(f"seeds {sorted(mine)} against the floor's {sorted(theirs)}")
+        runs = []
+        for seed in mine:
+            a = load_predictions(Path(mine[seed]) / "predictions.pkl")
+            b = load_predictions(Path(theirs[seed]) / "predictions.pkl")
+            runs.append((a["perframe_pred_scores"], b["perframe_pred_scores"], a["perframe_gt_targets"]))
+        out = bootstrap_map_difference(runs, ignore_index=row.get("ignore_index"), num_resamples=num_resamples,
+                                       level=level)
+    except (OSError, ValueError) as e:
+        log.warning("%s: no interval for its margin over the floor: %s", row["model"], e)
+        return None
+    return {k: out[k] for k in ("low", "high", "level", "p_not_above", "num_videos", "num_resamples")}
 
 
 def floor_line(below: list[dict], floor: str | None) -> str | None:
@@ -367,7 +411,8 @@ def floor_line(below: list[dict], floor: str | None) -> str | None:
     if not below:
         return None
     return f"below the floor ({floor}): " + ", ".join(
-        f"{b['model']} on {b['data']} by {-b['margin']:.4f}" for b in below)
+        f"{b['model']} on {b['data']} by {-b['margin']:.4f}"
+        + (f" (margin interval{_interval_text(b.get('interval'))})" if b.get("interval") else "") for b in below)
 
 
 def winner_line(result: dict) -> str:
@@ -541,6 +586,7 @@ def _mean_row(rows: list[dict], seeds: list[int]) -> dict[str, Any]:
         vals = [r.get(k) for r in rows]
         row[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
     row["per_seed"] = {str(s): r[key] for s, r in zip(seeds, rows)}
+    row["seed_run_dirs"] = {str(s): r["run_dir"] for s, r in zip(seeds, rows)}
     row["run_dir"] = str(Path(first["run_dir"]).parent) if len(rows) > 1 else first["run_dir"]
     return row
 
@@ -584,7 +630,8 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
                 "window": None if window is None else int(window), "seed": seeds[0], "seeds": seeds,
                 "floor": floor, "step_streams": [int(n) for n in (cfg.get("step_streams") or [1])],
                 "step_repeats": int(cfg.get("step_repeats") or 30), "step_device": str(cfg.get("step_device") or "cpu"),
-                "rows": [], "winner": None, "below_floor": []}
+                "rows": [], "winner": None, "below_floor": [],
+                "floor_bootstrap": int(cfg.get("floor_bootstrap") or 0)}
 
     if datasets is None:
         report = new_result(data_name(cfg))
