@@ -292,6 +292,7 @@ def leaderboard(cfg: DictConfig) -> int | None:
         oad-leaderboard 'models=[{name: linear, model: linear, overrides: []}, {name: trn, model: trn, overrides: []}]'
 
         oad-leaderboard suite=robustness seeds=[20,21]       # every model on the robustness datasets, 2 seeds
+        oad-leaderboard merge=[<run dir>,<run dir>]          # pieces run apart (only_models=...) as one board
 
     Writes leaderboard.json, leaderboard.md and leaderboard.png in the run directory (and each model's run
     in runs/<name>/). The last printed line is ``winner: <name> mAP=<value> (all protocol)`` (several
@@ -301,11 +302,14 @@ def leaderboard(cfg: DictConfig) -> int | None:
     exit code is 1.
     """
     from oad.console import single_console_logging
-    from oad.tasks.leaderboard import format_report, last_line
+    from oad.tasks.leaderboard import format_report, last_line, merge_reports
     from oad.tasks.leaderboard import leaderboard as run
 
     single_console_logging()
-    report = run(cfg)
+    if cfg.get("merge"):
+        report = merge_reports(list(cfg.merge), Path(cfg.output_dir), int(cfg.get("floor_bootstrap") or 0))
+    else:
+        report = run(cfg)
     print(format_report(report, with_floor_line=False))
     print(f"leaderboard: {cfg.output_dir}/leaderboard.md")
     print(last_line(report))

@@ -363,3 +363,70 @@ def test_margin_interval_reads_the_runs_predictions(tmp_path, caplog):
     assert "lost on d by 0.0500" in line and "lost on d by 0.0500 (" not in line
     assert f"{bad['margin']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}] **below the floor**" in format_table(
         res | {"winner": "good", "seeds": [3, 4]})
+
+
+def test_merge_of_one_run_reproduces_its_table(board, tmp_path):
+    """merge=[<run dir>] of a whole run: the same rows, margins, intervals and table, nothing trained."""
+    from oad.tasks.leaderboard import merge_reports
+
+    out, result = board
+    merged = merge_reports([out], tmp_path / "m", floor_bootstrap=1000)
+    assert format_table(merged) == format_table(result)
+    assert (tmp_path / "m" / "leaderboard.md").read_text().startswith(format_table(result))
+    assert merged["merged_from"] == [str(out)]
+
+
+def _piece(path, rows, seeds=(3, 4), data="d"):
+    res = {"task": "leaderboard", "data": data, "size": "demo", "protocol": "all", "window": 64, "seed": seeds[0],
+           "seeds": list(seeds), "floor": "linear", "rows": [], "winner": None, "below_floor": []}
+    for name, value in rows:
+        res["rows"].append({"model": name, "model_option": name, "metric": "mAP", "mAP": value, "params": 1,
+                            "run_dir": str(path / "runs" / name), "recipe": f"{name}_demo"})
+    path.mkdir(parents=True)
+    (path / "leaderboard.json").write_text(json.dumps({"task": "leaderboard", "floor": "linear",
+                                                       "seeds": list(seeds), "datasets": [res]}))
+    return path
+
+
+def test_merge_joins_pieces_and_refuses_pieces_that_disagree(tmp_path):
+    from oad.tasks.leaderboard import last_line, merge_reports
+
+    a = _piece(tmp_path / "a", [("linear", 0.5), ("good", 0.6)])
+    b = _piece(tmp_path / "b", [("linear", 0.5), ("weak", 0.4)])
+    c = _piece(tmp_path / "c", [("linear", 0.3)], data="other")
+    report = merge_reports([a, b / "leaderboard.json", c], tmp_path / "m")
+    d, other = report["datasets"]
+    assert [r["model"] for r in d["rows"]] == ["linear", "good", "weak"] and d["winner"] == "good"
+    assert {r["model"]: r.get("margin") for r in d["rows"]} == {"linear": None, "good": pytest.approx(0.1),
+                                                              "weak": pytest.approx(-0.1)}
+    assert [r["model"] for r in other["rows"]] == ["linear"]
+    assert last_line(report) == "below the floor (linear): weak on d by 0.1000"
+    assert {m["model"] for m in report["summary"]["models"]} == {"linear", "good", "weak"}
+    md = (tmp_path / "m" / "leaderboard.md").read_text()
+    assert "| 1 | good | 0.6000 | +0.1000 |" in md and "Summary over 2 datasets" in md
+    # the floor scored differently in two pieces: not the same runs
+    e = _piece(tmp_path / "e", [("linear", 0.51), ("weak", 0.4)])
+    with pytest.raises(ValueError, match=rf"d: linear scored 0.510000 in {e / 'leaderboard.json'} but 0.500000 in "
+                                         rf"{a / 'leaderboard.json'}"):
+        merge_reports([a, e], tmp_path / "m2")
+    f = _piece(tmp_path / "f", [("linear", 0.5)], seeds=(3,))
+    with pytest.raises(ValueError, match=r"d: seeds \[3\] in .*f/leaderboard.json but \[3, 4\] in .*a/leaderboard.json"):
+        merge_reports([a, f], tmp_path / "m3")
+    with pytest.raises(ValueError, match="nothere: no such file"):
+        merge_reports([a, tmp_path / "nothere"], tmp_path / "m4")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json: not a readable leaderboard.json"):
+        merge_reports([a, tmp_path / "bad.json"], tmp_path / "m5")
+
+
+def test_merge_on_the_command_line(tmp_path):
+    """tools/leaderboard.py merge=[...]: the merged table printed and written, the floor line last."""
+    from tests.test_entry_points import tool
+
+    a = _piece(tmp_path / "a", [("linear", 0.5), ("good", 0.6)])
+    b = _piece(tmp_path / "b", [("linear", 0.5), ("weak", 0.4)])
+    proc = tool("leaderboard", f"merge=[{a},{b}]", f"hydra.run.dir={tmp_path / 'm'}", cwd=tmp_path, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "below the floor (linear): weak on d by 0.1000"
+    assert lines[-2] == f"leaderboard: {tmp_path / 'm'}/leaderboard.md"
+    assert json.loads((tmp_path / "m" / "leaderboard.json").read_text())["merged_from"] == [str(a), str(b)]

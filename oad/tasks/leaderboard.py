@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import logging
 import re
 import time
@@ -53,7 +54,8 @@ WARMUP_STEPS = 5
 FORWARDED_GROUPS = ("data", "trainer")  # the leaderboard's choices (and their keys) every run gets
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-__all__ = ["compose_train", "data_name", "format_table", "leaderboard", "run_size", "time_online_step", "winner_line"]
+__all__ = ["compose_train", "data_name", "format_table", "leaderboard", "merge_reports", "run_size",
+           "time_online_step", "winner_line"]
 
 
 # -- composition -------------------------------------------------------------------------------------------
@@ -387,7 +389,10 @@ def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.
     from oad.metrics import bootstrap_map_difference
 
     def dirs(r: dict) -> dict[str, str]:
-        return r.get("seed_run_dirs") or {"-": r["run_dir"]}
+        if r.get("seed_run_dirs"):
+            return r["seed_run_dirs"]
+        seeds = list(r.get("per_seed") or {})  # a row of an older leaderboard.json: the leaderboard's layout
+        return {s: str(Path(r["run_dir"]) / f"seed{s}") for s in seeds} if len(seeds) > 1 else {"-": r["run_dir"]}
 
     mine, theirs = dirs(row), dirs(base)
     try:
@@ -398,8 +403,11 @@ def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.
             a = load_predictions(Path(mine[seed]) / "predictions.pkl")
             b = load_predictions(Path(theirs[seed]) / "predictions.pkl")
             runs.append((a["perframe_pred_scores"], b["perframe_pred_scores"], a["perframe_gt_targets"]))
-        out = bootstrap_map_difference(runs, ignore_index=row.get("ignore_index"), num_resamples=num_resamples,
-                                       level=level)
+        if "ignore_index" in row:
+            ignore = row["ignore_index"]
+        else:  # not recorded (an older leaderboard.json): the evaluation's default, Ambiguous of THUMOS's 22
+            ignore = 21 if next(iter(runs[0][2].values())).shape[1] == 22 else None
+        out = bootstrap_map_difference(runs, ignore_index=ignore, num_resamples=num_resamples, level=level)
     except (OSError, ValueError) as e:
         log.warning("%s: no interval for its margin over the floor: %s", row["model"], e)
         return None
@@ -539,6 +547,71 @@ def last_line(report: dict) -> str:
         w = report["summary"]["winner"]
         return f"winner: {w} (best mean rank over {len(report['datasets'])} datasets)" if w else "winner: none"
     return winner_line(report)
+
+
+def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int = 0) -> dict[str, Any]:
+    """One leaderboard from pieces run apart (``only_models`` / ``only_datasets``, one job each): the rows of
+    every piece's ``leaderboard.json`` by dataset, then the margins over the floor (with their intervals,
+    read from the runs' predictions), the winners and the summary recomputed; written to ``out`` like a
+    leaderboard run. Nothing is trained.
+
+    Pieces must agree: the same floor, protocol and seeds on a dataset, and a model in several pieces (the
+    floor, run in each) the same figure in each, since a run is deterministic for its seed; otherwise a
+    ``ValueError`` names the two files.
+    """
+    if not paths:
+        raise ValueError("merge: no leaderboard given")
+    merged: dict[str, dict] = {}
+    origin: dict[tuple[str, str], Path] = {}  # (dataset, model) -> the file its row came from
+    first_file: dict[str, Path] = {}
+    floor, seeds, multi = None, None, False
+    for p in paths:
+        f = Path(p)
+        f = f / "leaderboard.json" if f.is_dir() else f
+        if not f.is_file():
+            raise ValueError(f"merge: {f}: no such file (give a leaderboard's run directory or its leaderboard.json)")
+        try:
+            piece = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"merge: {f}: not a readable leaderboard.json ({type(e).__name__}: {e})") from e
+        if not isinstance(piece, dict) or piece.get("task") != "leaderboard":
+            raise ValueError(f"merge: {f}: not a leaderboard (no task: leaderboard)")
+        multi = multi or "datasets" in piece
+        for res in piece.get("datasets", [piece]):
+            name = res["data"]
+            if name not in merged:
+                merged[name] = json.loads(json.dumps(res)) | {"rows": []}
+                first_file[name] = f
+            for k in ("floor", "seeds", "protocol", "window", "size"):
+                if res.get(k) != merged[name].get(k):
+                    raise ValueError(f"merge: {name}: {k} {res.get(k)!r} in {f} but {merged[name].get(k)!r} "
+                                     f"in {first_file[name]}")
+            for row in res["rows"]:
+                have = next((r for r in merged[name]["rows"] if r["model"] == row["model"]), None)
+                if have is None:
+                    merged[name]["rows"].append(row)
+                    origin[(name, row["model"])] = f
+                elif _ok(have) and _ok(row) and abs(float(have[have["metric"]]) - float(row[row["metric"]])) > 1e-9:
+                    raise ValueError(f"merge: {name}: {row['model']} scored {row[row['metric']]:.6f} in {f} but "
+                                     f"{have[have['metric']]:.6f} in {origin[(name, row['model'])]}: not the same runs")
+            floor = floor or res.get("floor")
+            seeds = seeds or res.get("seeds")
+    results = list(merged.values())
+    for res in results:
+        res["floor_bootstrap"] = int(floor_bootstrap)
+        res["winner"] = _winner(res["rows"])
+        res["metric"] = _key(res)
+        floor_margins(res)
+    if multi or len(results) > 1:
+        report = {"task": "leaderboard", "floor": floor, "seeds": seeds, "datasets": results,
+                  "below_floor": [b for r in results for b in r["below_floor"]]}
+        report["summary"] = summarize(report)
+    else:
+        report = results[0]
+    report["merged_from"] = [str(p) for p in paths]
+    out.mkdir(parents=True, exist_ok=True)
+    write_files(report, out)
+    return report
 
 
 def _datasets(cfg: DictConfig) -> list[dict] | None:
