@@ -394,8 +394,10 @@ def test_merge_joins_pieces_and_refuses_pieces_that_disagree(tmp_path):
     a = _piece(tmp_path / "a", [("linear", 0.5), ("good", 0.6)])
     b = _piece(tmp_path / "b", [("linear", 0.5), ("weak", 0.4)])
     c = _piece(tmp_path / "c", [("linear", 0.3)], data="other")
-    report = merge_reports([a, b / "leaderboard.json", c], tmp_path / "m")
-    d, other = report["datasets"]
+    empty = _piece(tmp_path / "empty", [], data="later")  # a piece still running: a dataset with no row yet
+    report = merge_reports([a, b / "leaderboard.json", c, empty], tmp_path / "m")
+    d, other, later = report["datasets"]
+    assert later["rows"] == [] and winner_line(later) == "winner: none (nothing run yet)"
     assert [r["model"] for r in d["rows"]] == ["linear", "good", "weak"] and d["winner"] == "good"
     assert {r["model"]: r.get("margin") for r in d["rows"]} == {"linear": None, "good": pytest.approx(0.1),
                                                               "weak": pytest.approx(-0.1)}
@@ -403,7 +405,7 @@ def test_merge_joins_pieces_and_refuses_pieces_that_disagree(tmp_path):
     assert last_line(report) == "below the floor (linear): weak on d by 0.1000"
     assert {m["model"] for m in report["summary"]["models"]} == {"linear", "good", "weak"}
     md = (tmp_path / "m" / "leaderboard.md").read_text()
-    assert "| 1 | good | 0.6000 | +0.1000 |" in md and "Summary over 2 datasets" in md
+    assert "| 1 | good | 0.6000 | +0.1000 |" in md and "Summary over 3 datasets" in md
     # the floor scored differently in two pieces: not the same runs
     e = _piece(tmp_path / "e", [("linear", 0.51), ("weak", 0.4)])
     with pytest.raises(ValueError, match=rf"d: linear scored 0.510000 in {e / 'leaderboard.json'} but 0.500000 in "

@@ -427,7 +427,7 @@ def winner_line(result: dict) -> str:
     """``winner: oadtr mAP=0.5163 (all protocol)`` (``winner: none`` when every run failed)."""
     name = result.get("winner")
     if name is None:
-        return "winner: none (every run failed)"
+        return "winner: none (every run failed)" if result["rows"] else "winner: none (nothing run yet)"
     row = next(r for r in result["rows"] if r["model"] == name)
     key = row["metric"]
     return f"winner: {name} {key}={row[key]:.4f} ({result.get('protocol', 'all')} protocol)"
