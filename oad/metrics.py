@@ -322,11 +322,13 @@ def _resampled_ap(scores: np.ndarray, positives: np.ndarray, group: np.ndarray, 
     num_groups = counts.shape[1]
     at_or_above = np.zeros((num_groups, pidx.size))  # (G, P) samples of each group with score >= s_p
     pos_at_or_above = np.zeros((num_groups, pidx.size))
-    for g in np.unique(grp):
-        mine = np.flatnonzero(grp == g)
-        at_or_above[g] = np.searchsorted(mine, upto, side="right")
-        at_or_above_pos = np.flatnonzero(pos[mine])
-        pos_at_or_above[g] = np.searchsorted(mine[at_or_above_pos], upto, side="right")
+    by_group = np.argsort(grp, kind="stable")  # each group's sorted positions, ascending, one after another
+    bounds = np.searchsorted(grp[by_group], np.arange(num_groups + 1))
+    for g in range(num_groups):
+        mine = by_group[bounds[g]:bounds[g + 1]]
+        if mine.size:
+            at_or_above[g] = np.searchsorted(mine, upto, side="right")
+            pos_at_or_above[g] = np.searchsorted(mine[pos[mine]], upto, side="right")
     num_ge = counts @ at_or_above  # (R, P)
     tp_ge = counts @ pos_at_or_above
     wp = counts[:, grp[pidx]]  # (R, P) weight of each positive
@@ -375,27 +377,20 @@ def bootstrap_map_difference(
     counts = np.concatenate([np.ones((1, len(names))), counts])  # row 0: the videos as drawn
     per_run_full, per_run_boot = [], []
     for a, b, t in runs:
-        lengths = [len(t[n]) for n in names]
-        video_of = np.repeat(np.arange(len(names)), lengths)
+        video_of = np.repeat(np.arange(len(names)), [len(t[n]) for n in names])
         targets = np.concatenate([np.asarray(t[n]) for n in names])
+        keep = _valid_rows(targets, ignore_index)
+        classes = _scored_classes(targets.shape[1], ignore_index, background_index, None)
+        y, vid = (targets, video_of) if keep is None else (targets[keep], video_of[keep])
+        positives = [(c, y[:, c] > 0) for c in classes if (y[:, c] > 0).any()]
+        if not positives:
+            raise ValueError("bootstrap_map_difference: no scored class has a positive")
         diffs = []
         for scores in (a, b):
-            x, y = _check_pair(np.concatenate([np.asarray(scores[n]) for n in names]), targets, 2,
+            x, _ = _check_pair(np.concatenate([np.asarray(scores[n]) for n in names]), targets, 2,
                                "bootstrap_map_difference")
-            keep = _valid_rows(y, ignore_index)
-            classes = _scored_classes(x.shape[1], ignore_index, background_index, None)
-            if keep is not None:
-                x, y, vid = x[keep], y[keep], video_of[keep]
-            else:
-                vid = video_of
-            aps = []
-            for c in classes:
-                pos = y[:, c] > 0
-                if not pos.any():
-                    continue
-                aps.append(_resampled_ap(x[:, c], pos, vid, counts))  # (1 + R,)
-            if not aps:
-                raise ValueError("bootstrap_map_difference: no scored class has a positive")
+            x = x if keep is None else x[keep]
+            aps = [_resampled_ap(x[:, c], pos, vid, counts) for c, pos in positives]  # each (1 + R,)
             diffs.append(np.nanmean(np.stack(aps), axis=0))  # (1 + R,) mAP
         d = diffs[0] - diffs[1]
         per_run_full.append(d[0])

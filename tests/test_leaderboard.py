@@ -338,18 +338,16 @@ def test_margin_interval_reads_the_runs_predictions(tmp_path, caplog):
         targets[f"v{i}"] = y
     rows = []
     for name, signal in (("linear", 0.1), ("good", 0.8), ("bad", 0.0)):
-        dirs = {}
-        for seed in ("3", "4"):
-            d = tmp_path / name / seed
+        for seed in ("3", "4"):  # the leaderboard's layout of several seeds: <run_dir>/seed<s>
+            d = tmp_path / name / f"seed{seed}"
             d.mkdir(parents=True)
             write_predictions(d / "predictions.pkl", {k: {"scores": rng.random(y.shape) + signal * y, "targets": y,
                                                           "future_scores": np.zeros((len(y), 0, 22))}
                                                       for k, y in targets.items()})
-            dirs[seed] = str(d)
         rows.append({"model": name, "metric": "mAP", "mAP": signal, "params": 1, "run_dir": str(tmp_path / name),
-                     "seed_run_dirs": dirs, "ignore_index": 21})
+                     "per_seed": {"3": signal, "4": signal}, "ignore_index": 21})
     rows.append({"model": "lost", "metric": "mAP", "mAP": 0.05, "params": 1, "run_dir": str(tmp_path / "lost"),
-                 "seed_run_dirs": {"3": str(tmp_path / "lost"), "4": str(tmp_path / "lost")}, "ignore_index": 21})
+                 "per_seed": {"3": 0.05, "4": 0.05}, "ignore_index": 21})
     res = {"data": "d", "floor": "linear", "rows": rows, "floor_bootstrap": 200}
     with caplog.at_level("WARNING"):
         floor_margins(res)

@@ -388,13 +388,7 @@ def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.
     from oad.io import load_predictions
     from oad.metrics import bootstrap_map_difference
 
-    def dirs(r: dict) -> dict[str, str]:
-        if r.get("seed_run_dirs"):
-            return r["seed_run_dirs"]
-        seeds = list(r.get("per_seed") or {})  # a row of an older leaderboard.json: the leaderboard's layout
-        return {s: str(Path(r["run_dir"]) / f"seed{s}") for s in seeds} if len(seeds) > 1 else {"-": r["run_dir"]}
-
-    mine, theirs = dirs(row), dirs(base)
+    mine, theirs = _seed_run_dirs(row), _seed_run_dirs(base)
     try:
         if sorted(mine) != sorted(theirs):
             raise ValueError(f"seeds {sorted(mine)} against the floor's {sorted(theirs)}")
@@ -412,6 +406,20 @@ def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.
         log.warning("%s: no interval for its margin over the floor: %s", row["model"], e)
         return None
     return {k: out[k] for k in ("low", "high", "level", "p_not_above", "num_videos", "num_resamples")}
+
+
+def _seed_run_dirs(row: dict) -> dict[str, str]:
+    """Each seed's run folder of a row, by the leaderboard's layout: ``run_dir`` itself for one seed,
+    ``run_dir/seed<s>`` for several (:func:`_run_dir`)."""
+    seeds = list(row.get("per_seed") or {})
+    if len(seeds) > 1:
+        return {s: str(_run_dir(Path(row["run_dir"]), int(s), several=True)) for s in seeds}
+    return {seeds[0] if seeds else "-": row["run_dir"]}
+
+
+def _run_dir(entry_dir: Path, seed: int, several: bool) -> Path:
+    """Where one seed of an entry runs: the entry's folder, or its ``seed<s>`` subfolder with several seeds."""
+    return entry_dir / f"seed{seed}" if several else entry_dir
 
 
 def floor_line(below: list[dict], floor: str | None) -> str | None:
@@ -659,7 +667,6 @@ def _mean_row(rows: list[dict], seeds: list[int]) -> dict[str, Any]:
         vals = [r.get(k) for r in rows]
         row[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
     row["per_seed"] = {str(s): r[key] for s, r in zip(seeds, rows)}
-    row["seed_run_dirs"] = {str(s): r["run_dir"] for s, r in zip(seeds, rows)}
     row["run_dir"] = str(Path(first["run_dir"]).parent) if len(rows) > 1 else first["run_dir"]
     return row
 
@@ -724,7 +731,7 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
             rows = []
             for seed in seeds:
                 done += 1
-                run_dir = runs / entry["name"] if len(seeds) == 1 else runs / entry["name"] / f"seed{seed}"
+                run_dir = _run_dir(runs / entry["name"], seed, several=len(seeds) > 1)
                 log.info("leaderboard %d/%d: %s (model=%s)%s seed %d -> %s", done, total, entry["name"],
                          entry["model"], f" on {dataset['name']}" if dataset else "", seed, run_dir)
                 try:
