@@ -94,7 +94,8 @@ class _Client:
 
     def __init__(self) -> None:
         self.queue: queue.Queue[str | None] = queue.Queue(CLIENT_QUEUE)
-        self.dropped = 0
+        self.dropped = 0  # dropped since the client last read (its next ``gap`` message says how many)
+        self.dropped_total = 0  # dropped over the connection's life
         self.lock = threading.Lock()
 
     def put(self, text: str | None) -> None:
@@ -103,6 +104,7 @@ class _Client:
         except queue.Full:
             with self.lock:
                 self.dropped += 1
+                self.dropped_total += 1
 
     def take_gap(self) -> int:
         with self.lock:
