@@ -293,6 +293,7 @@ def leaderboard(cfg: DictConfig) -> int | None:
 
         oad-leaderboard suite=robustness seeds=[20,21]       # every model on the robustness datasets, 2 seeds
         oad-leaderboard merge=[<run dir>,<run dir>]          # pieces run apart (only_models=...) as one board
+        oad-leaderboard merge=[<old>,<rerun>] merge_replace=[linear]   # a model rerun after its recipe changed
 
     Writes leaderboard.json, leaderboard.md and leaderboard.png in the run directory (and each model's run
     in runs/<name>/). The last printed line is ``winner: <name> mAP=<value> (all protocol)`` (several
@@ -307,7 +308,8 @@ def leaderboard(cfg: DictConfig) -> int | None:
 
     single_console_logging()
     if cfg.get("merge"):
-        report = merge_reports(list(cfg.merge), Path(cfg.output_dir), int(cfg.get("floor_bootstrap") or 0))
+        report = merge_reports(list(cfg.merge), Path(cfg.output_dir), int(cfg.get("floor_bootstrap") or 0),
+                               list(cfg.get("merge_replace") or []))
     else:
         report = run(cfg)
     print(format_report(report, with_floor_line=False))

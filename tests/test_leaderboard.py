@@ -409,6 +409,15 @@ def test_merge_joins_pieces_and_refuses_pieces_that_disagree(tmp_path):
     with pytest.raises(ValueError, match=rf"d: linear scored 0.510000 in {e / 'leaderboard.json'} but 0.500000 in "
                                          rf"{a / 'leaderboard.json'}"):
         merge_reports([a, e], tmp_path / "m2")
+    # unless that model was rerun (its recipe changed): merge_replace takes its rows from the last piece
+    report = merge_reports([a, b, e], tmp_path / "m2", replace=["linear"])
+    (d,) = report["datasets"]
+    assert {r["model"]: r.get("margin") for r in d["rows"]} == {"linear": None, "good": pytest.approx(0.09),
+                                                              "weak": pytest.approx(-0.11)}
+    assert report["replaced"] == [{"data": "d", "model": "linear", "from": str(e / "leaderboard.json"),
+                                   "instead_of": str(b / "leaderboard.json")}]
+    with pytest.raises(ValueError, match=r"replace names \['lnear'\], which no piece holds"):
+        merge_reports([a, b], tmp_path / "m2b", replace=["lnear"])
     f = _piece(tmp_path / "f", [("linear", 0.5)], seeds=(3,))
     with pytest.raises(ValueError, match=r"d: seeds \[3\] in .*f/leaderboard.json but \[3, 4\] in .*a/leaderboard.json"):
         merge_reports([a, f], tmp_path / "m3")
@@ -430,3 +439,9 @@ def test_merge_on_the_command_line(tmp_path):
     assert lines[-1] == "below the floor (linear): weak on d by 0.1000"
     assert lines[-2] == f"leaderboard: {tmp_path / 'm'}/leaderboard.md"
     assert json.loads((tmp_path / "m" / "leaderboard.json").read_text())["merged_from"] == [str(a), str(b)]
+    rerun = _piece(tmp_path / "rerun", [("linear", 0.45)])  # the floor rerun with a new recipe
+    proc = tool("leaderboard", f"merge=[{a},{b},{rerun}]", "merge_replace=[linear]",
+                f"hydra.run.dir={tmp_path / 'm2'}", cwd=tmp_path, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "below the floor (linear): weak on d by 0.0500"
+    assert [r["from"] for r in json.loads((tmp_path / "m2" / "leaderboard.json").read_text())["replaced"]] == [
+        str(rerun / "leaderboard.json")]

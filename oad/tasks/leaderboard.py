@@ -557,7 +557,8 @@ def last_line(report: dict) -> str:
     return winner_line(report)
 
 
-def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int = 0) -> dict[str, Any]:
+def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int = 0,
+                  replace: Sequence[str] = ()) -> dict[str, Any]:
     """One leaderboard from pieces run apart (``only_models`` / ``only_datasets``, one job each): the rows of
     every piece's ``leaderboard.json`` by dataset, then the margins over the floor (with their intervals,
     read from the runs' predictions), the winners and the summary recomputed; written to ``out`` like a
@@ -565,10 +566,14 @@ def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int =
 
     Pieces must agree: the same floor, protocol and seeds on a dataset, and a model in several pieces (the
     floor, run in each) the same figure in each, since a run is deterministic for its seed; otherwise a
-    ``ValueError`` names the two files.
+    ``ValueError`` names the two files. The models named in ``replace`` are the exception, for a model rerun
+    after its recipe changed: their rows come from the last piece (in ``paths`` order) that holds them, and
+    the report lists what was replaced (``replaced``).
     """
     if not paths:
         raise ValueError("merge: no leaderboard given")
+    replace = [str(m) for m in replace]
+    replaced: list[dict[str, str]] = []
     merged: dict[str, dict] = {}
     origin: dict[tuple[str, str], Path] = {}  # (dataset, model) -> the file its row came from
     first_file: dict[str, Path] = {}
@@ -599,11 +604,22 @@ def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int =
                 if have is None:
                     merged[name]["rows"].append(row)
                     origin[(name, row["model"])] = f
+                elif row["model"] in replace:
+                    rows = merged[name]["rows"]
+                    rows[rows.index(have)] = row
+                    if row.get(row.get("metric", "mAP")) != have.get(have.get("metric", "mAP")):
+                        replaced.append({"data": name, "model": row["model"], "from": str(f),
+                                         "instead_of": str(origin[(name, row["model"])])})
+                    origin[(name, row["model"])] = f
                 elif _ok(have) and _ok(row) and abs(float(have[have["metric"]]) - float(row[row["metric"]])) > 1e-9:
                     raise ValueError(f"merge: {name}: {row['model']} scored {row[row['metric']]:.6f} in {f} but "
                                      f"{have[have['metric']]:.6f} in {origin[(name, row['model'])]}: not the same runs")
             floor = floor or res.get("floor")
             seeds = seeds or res.get("seeds")
+    unknown = sorted(set(replace) - {m for (_, m) in origin})
+    if unknown:
+        raise ValueError(f"merge: replace names {unknown}, which no piece holds; models: "
+                         f"{sorted({m for (_, m) in origin})}")
     results = list(merged.values())
     for res in results:
         res["floor_bootstrap"] = int(floor_bootstrap)
@@ -617,6 +633,10 @@ def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int =
     else:
         report = results[0]
     report["merged_from"] = [str(p) for p in paths]
+    if replace:
+        report["replaced"] = replaced
+        for r in replaced:
+            log.info("merge: %s on %s from %s (replacing %s)", r["model"], r["data"], r["from"], r["instead_of"])
     out.mkdir(parents=True, exist_ok=True)
     write_files(report, out)
     return report
