@@ -414,6 +414,7 @@ def test_merge_joins_pieces_and_refuses_pieces_that_disagree(tmp_path):
     (d,) = report["datasets"]
     assert {r["model"]: r.get("margin") for r in d["rows"]} == {"linear": None, "good": pytest.approx(0.09),
                                                               "weak": pytest.approx(-0.11)}
+    assert "Summary over 1 dataset: " in (tmp_path / "m2" / "leaderboard.md").read_text()
     assert report["replaced"] == [{"data": "d", "model": "linear", "from": str(e / "leaderboard.json"),
                                    "instead_of": str(b / "leaderboard.json")}]
     with pytest.raises(ValueError, match=r"replace names \['lnear'\], which no piece holds"):

@@ -356,6 +356,10 @@ def _margin_cell(row: dict, floor: str | None) -> str:
             + ("" if row["margin"] > 0 else " **below the floor**"))
 
 
+def _datasets_text(n: int) -> str:
+    return f"{n} dataset" + ("" if n == 1 else "s")
+
+
 def _interval_text(interval: dict | None) -> str:
     return "" if not interval else f" [{interval['low']:+.4f}, {interval['high']:+.4f}]"
 
@@ -515,7 +519,7 @@ def format_summary(report: dict) -> str:
     names = [r["data"] for r in report["datasets"]]
     floor = report.get("floor")
     head = ["model", "mean rank", *[f"{d}: rank, vs {floor}" if floor else f"{d}: rank" for d in names]]
-    lines = [f"Summary over {len(names)} datasets: each model's rank (1 = best) and its margin over the floor "
+    lines = [f"Summary over {_datasets_text(len(names))}: each model's rank (1 = best) and its margin over the floor "
              f"({floor}) on each.", "", "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(names)]
     for m in report["summary"]["models"]:
         cells = [m["model"], _fmt(m["mean_rank"], ".2f")]
@@ -530,7 +534,7 @@ def format_summary(report: dict) -> str:
                                           f", {margin:+.4f}" + ("" if margin > 0 else " **below**")))
         lines.append("| " + " | ".join(cells) + " |")
     winner = report["summary"]["winner"]
-    lines += ["", f"winner: {winner} (best mean rank over {len(names)} datasets)" if winner else "winner: none"]
+    lines += ["", f"winner: {winner} (best mean rank over {_datasets_text(len(names))})" if winner else "winner: none"]
     return "\n".join(lines)
 
 
@@ -553,7 +557,7 @@ def last_line(report: dict) -> str:
         return line
     if "summary" in report:
         w = report["summary"]["winner"]
-        return f"winner: {w} (best mean rank over {len(report['datasets'])} datasets)" if w else "winner: none"
+        return f"winner: {w} (best mean rank over {_datasets_text(len(report['datasets']))})" if w else "winner: none"
     return winner_line(report)
 
 
