@@ -309,7 +309,7 @@ def leaderboard(cfg: DictConfig) -> int | None:
     single_console_logging()
     if cfg.get("merge"):
         report = merge_reports(list(cfg.merge), Path(cfg.output_dir), int(cfg.get("floor_bootstrap") or 0),
-                               list(cfg.get("merge_replace") or []))
+                               list(cfg.get("merge_replace") or []), cfg.get("only_datasets"))
     else:
         report = run(cfg)
     print(format_report(report, with_floor_line=False))

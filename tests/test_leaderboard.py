@@ -417,6 +417,10 @@ def test_merge_joins_pieces_and_refuses_pieces_that_disagree(tmp_path):
     assert "Summary over 1 dataset: " in (tmp_path / "m2" / "leaderboard.md").read_text()
     assert report["replaced"] == [{"data": "d", "model": "linear", "from": str(e / "leaderboard.json"),
                                    "instead_of": str(b / "leaderboard.json")}]
+    kept = merge_reports([a, b, c], tmp_path / "m2c", only_datasets=["other"])  # one dataset of the pieces
+    assert [r["data"] for r in kept["datasets"]] == ["other"] and kept["datasets"][0]["rows"][0]["mAP"] == 0.3
+    with pytest.raises(ValueError, match=r"only_datasets: \['nope'\] not among the datasets of the pieces"):
+        merge_reports([a, c], tmp_path / "m2d", only_datasets=["nope"])
     with pytest.raises(ValueError, match=r"replace names \['lnear'\], which no piece holds"):
         merge_reports([a, b], tmp_path / "m2b", replace=["lnear"])
     f = _piece(tmp_path / "f", [("linear", 0.5)], seeds=(3,))

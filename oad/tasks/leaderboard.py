@@ -562,7 +562,7 @@ def last_line(report: dict) -> str:
 
 
 def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int = 0,
-                  replace: Sequence[str] = ()) -> dict[str, Any]:
+                  replace: Sequence[str] = (), only_datasets: Sequence[str] | None = None) -> dict[str, Any]:
     """One leaderboard from pieces run apart (``only_models`` / ``only_datasets``, one job each): the rows of
     every piece's ``leaderboard.json`` by dataset, then the margins over the floor (with their intervals,
     read from the runs' predictions), the winners and the summary recomputed; written to ``out`` like a
@@ -572,7 +572,8 @@ def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int =
     floor, run in each) the same figure in each, since a run is deterministic for its seed; otherwise a
     ``ValueError`` names the two files. The models named in ``replace`` are the exception, for a model rerun
     after its recipe changed: their rows come from the last piece (in ``paths`` order) that holds them, and
-    the report lists what was replaced (``replaced``).
+    the report lists what was replaced (``replaced``). ``only_datasets`` keeps those datasets of the pieces
+    (an unknown name is an error that lists the known ones).
     """
     if not paths:
         raise ValueError("merge: no leaderboard given")
@@ -620,6 +621,10 @@ def merge_reports(paths: Sequence[str | Path], out: Path, floor_bootstrap: int =
                                      f"{have[have['metric']]:.6f} in {origin[(name, row['model'])]}: not the same runs")
             floor = floor or res.get("floor")
             seeds = seeds or res.get("seeds")
+    if only_datasets:
+        kept = _only([{"name": n} for n in merged], only_datasets, "only_datasets", "datasets of the pieces")
+        merged = {d["name"]: merged[d["name"]] for d in kept}
+        replaced = [r for r in replaced if r["data"] in merged]
     unknown = sorted(set(replace) - {m for (_, m) in origin})
     if unknown:
         raise ValueError(f"merge: replace names {unknown}, which no piece holds; models: "
