@@ -361,6 +361,12 @@ def test_margin_interval_reads_the_runs_predictions(tmp_path, caplog):
     assert "lost on d by 0.0500" in line and "lost on d by 0.0500 (" not in line
     assert f"{bad['margin']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}] **below the floor**" in format_table(
         res | {"winner": "good", "seeds": [3, 4]})
+    # the floor rerun (a merge with merge_replace): every interval is computed again, against the new runs
+    next(r for r in rows if r["model"] == "linear").update(run_dir=str(tmp_path / "good"), mAP=0.8)
+    floor_margins(res)
+    assert bad["margin_interval"]["high"] < iv["low"] and good["margin_interval"]["high"] < 0.05
+    floor_margins(res | {"floor_bootstrap": 0})  # intervals off: none printed, none stale
+    assert "margin_interval" not in bad and "margin_interval" not in good
 
 
 def test_merge_of_one_run_reproduces_its_table(board, tmp_path):

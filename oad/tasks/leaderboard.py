@@ -368,20 +368,33 @@ def floor_margins(result: dict) -> None:
     """Each successful row's margin over the floor row (``result['floor']``), in place; the rows at or
     below it listed in ``result['below_floor']``. With ``result['floor_bootstrap'] = R > 0`` and the per-frame
     mAP as the metric, each margin also gets ``margin_interval``: the 95 % interval of a paired bootstrap
-    over the test videos (:func:`margin_interval`), computed once per row."""
+    over the test videos (:func:`margin_interval`), computed once per row and floor (a row keeps its interval
+    while the floor row it was computed against stays the same; a merge that replaces the floor recomputes
+    it)."""
     floor, key = result.get("floor"), _key(result)
     base = next((r for r in result["rows"] if r["model"] == floor and _ok(r)), None)
     result["below_floor"] = []
     for r in result["rows"]:
         r.pop("margin", None)
         if base is None or not _ok(r) or r is base:
+            _drop_interval(r)
             continue
         r["margin"] = float(r[key]) - float(base[key])
-        if "margin_interval" not in r and result.get("floor_bootstrap") and key == "mAP":
-            r["margin_interval"] = margin_interval(r, base, int(result["floor_bootstrap"]))
+        if result.get("floor_bootstrap") and key == "mAP":
+            against = f"{base.get('run_dir')} {float(base[key])!r} {int(result['floor_bootstrap'])}"
+            if r.get("margin_interval_floor") != against:
+                r["margin_interval"] = margin_interval(r, base, int(result["floor_bootstrap"]))
+                r["margin_interval_floor"] = against
+        else:
+            _drop_interval(r)
         if r["margin"] <= 0:
             result["below_floor"].append({"model": r["model"], "data": result.get("data"), "margin": r["margin"],
                                           "interval": r.get("margin_interval")})
+
+
+def _drop_interval(row: dict) -> None:
+    row.pop("margin_interval", None)
+    row.pop("margin_interval_floor", None)
 
 
 def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.95) -> dict | None:
