@@ -374,6 +374,7 @@ def floor_margins(result: dict) -> None:
     floor, key = result.get("floor"), _key(result)
     base = next((r for r in result["rows"] if r["model"] == floor and _ok(r)), None)
     result["below_floor"] = []
+    loaded: dict[Path, dict] = {}  # predictions read once per table (the floor's serve every row)
     for r in result["rows"]:
         r.pop("margin", None)
         if base is None or not _ok(r) or r is base:
@@ -383,7 +384,7 @@ def floor_margins(result: dict) -> None:
         if result.get("floor_bootstrap") and key == "mAP":
             against = f"{base.get('run_dir')} {float(base[key])!r} {int(result['floor_bootstrap'])}"
             if r.get("margin_interval_floor") != against:
-                r["margin_interval"] = margin_interval(r, base, int(result["floor_bootstrap"]))
+                r["margin_interval"] = margin_interval(r, base, int(result["floor_bootstrap"]), loaded=loaded)
                 r["margin_interval_floor"] = against
         else:
             _drop_interval(r)
@@ -397,11 +398,12 @@ def _drop_interval(row: dict) -> None:
     row.pop("margin_interval_floor", None)
 
 
-def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.95) -> dict | None:
+def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.95,
+                    loaded: dict[Path, dict] | None = None) -> dict | None:
     """How much ``row``'s margin over ``base`` depends on which test videos were drawn: a paired bootstrap of
     the per-frame mAP difference over the test videos of their runs' ``predictions.pkl``, the seeds
     averaged (:func:`oad.metrics.bootstrap_map_difference`). None (and a warning) when a run has no
-    predictions or the two scored other videos."""
+    predictions or the two scored other videos. ``loaded``: predictions already read, by path (filled in)."""
     from oad.io import load_predictions
     from oad.metrics import bootstrap_map_difference
 
@@ -411,8 +413,7 @@ def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.
             raise ValueError(f"seeds {sorted(mine)} against the floor's {sorted(theirs)}")
         runs = []
         for seed in mine:
-            a = load_predictions(Path(mine[seed]) / "predictions.pkl")
-            b = load_predictions(Path(theirs[seed]) / "predictions.pkl")
+            a, b = (_cached(loaded, Path(d[seed]) / "predictions.pkl", load_predictions) for d in (mine, theirs))
             runs.append((a["perframe_pred_scores"], b["perframe_pred_scores"], a["perframe_gt_targets"]))
         if "ignore_index" in row:
             ignore = row["ignore_index"]
@@ -423,6 +424,15 @@ def margin_interval(row: dict, base: dict, num_resamples: int, level: float = 0.
         log.warning("%s: no interval for its margin over the floor: %s", row["model"], e)
         return None
     return {k: out[k] for k in ("low", "high", "level", "p_not_above", "num_videos", "num_resamples")}
+
+
+def _cached(cache: dict | None, path: Path, load: Any) -> Any:
+    """``load(path)``, read once per ``cache`` (None: no cache)."""
+    if cache is None:
+        return load(path)
+    if path not in cache:
+        cache[path] = load(path)
+    return cache[path]
 
 
 def _seed_run_dirs(row: dict) -> dict[str, str]:
