@@ -79,13 +79,13 @@ def kill(point: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "ema"), [("oadtr", []), ("trn", []), ("miniroad", []), ("lstr", []),
-                                            ("oadtr", ["ema={decay: 0.6}"])],
-                         ids=["oadtr", "trn", "miniroad", "lstr", "oadtr_ema"])
+                                            ("oadtr", ["ema={decay: 0.6}"]), ("lstr", ["augment.video_shift=0.5"])],
+                         ids=["oadtr", "trn", "miniroad", "lstr", "oadtr_ema", "lstr_video_shift"])
 def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(model, ema, tmp_path):
     """Killed after step 3 (its step checkpoint is step 2's: step 3 is trained again), resumed, killed again
     at the end of epoch 0 (after its validation and last.ckpt), resumed to the end: the final weights are
     bit-identical to an uninterrupted run's, and so is test/mAP; with an EMA, so are the average and the
-    trained weights (the resumed run continues the average)."""
+    trained weights (the resumed run continues the average); with a random video shift, so are its draws."""
     ref = tmp_path / "uninterrupted"
     res = train_tool(ref, f"model={model}", *ema)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -43,6 +43,7 @@ class OadLitModule(L.LightningModule):
         postprocess: optional post-processing of the test scores (``'switch'``, ``'smooth'``), off by
             default and named in every report.
         eval_window: window of the "windows" protocol (None: the model's window, else 64).
+        augment: optional function applied to every training batch (:class:`oad.data.augment.VideoShift`).
 
     After ``trainer.test``: ``test_results`` holds the report of each of ``eval_protocols`` (the test's
     metrics, computed once here for ``train`` and ``evaluate``) and ``test_predictions`` the scored videos.
@@ -60,13 +61,15 @@ class OadLitModule(L.LightningModule):
         eval_protocols: tuple[str, ...] = ("all", "windows"),
         postprocess: tuple[str, ...] = (),
         eval_window: int | None = None,
+        augment: Callable[[Batch], Batch] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "criterion", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "criterion", "optimizer", "scheduler", "augment"])
         self.net = net
         self.criterion = criterion
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.augment = augment
         info = data_info or {}
         self.ignore_index = info.get("ignore_index", 21)
         self.metric = info.get("metric", "AP")
@@ -84,6 +87,8 @@ class OadLitModule(L.LightningModule):
         return self.criterion(logits, future, batch["target"], batch["future_target"])
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.augment is not None:
+            batch = self.augment(batch)
         terms = self._step(batch)
         bs = batch["features"].shape[0]
         for k, v in terms.items():

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 
 from oad.callbacks import AtomicCheckpointIO, BestCheckpoint, ExponentialMovingAverage, LastCheckpoint
 from oad.checkpoint import check_resume_checkpoint
+from oad.data.augment import VideoShift, video_mean_spread
 from oad.io import write_json, write_predictions
 from oad.models.base import count_parameters
 from oad.runlock import hold_run_folder
@@ -52,6 +53,18 @@ def instantiate_entries(node: DictConfig | None) -> list[Any]:
         obj = instantiate(entry)
         made.extend(obj if isinstance(obj, list) else [obj])
     return made
+
+
+def build_augment(cfg: DictConfig, dm) -> VideoShift | None:
+    """The training batches' augmentation from ``cfg.augment`` (None when off): ``video_shift``, the
+    strength of :class:`oad.data.augment.VideoShift`, scaled by the training videos' per-video spread."""
+    strength = float((cfg.get("augment") or {}).get("video_shift", 0.0) or 0.0)
+    if strength == 0:
+        return None
+    scale = video_mean_spread(dm.videos("train"))
+    log.info("augment: video shift %.3g x the per-video spread of the training means (mean %.3g per dimension)",
+             strength, float(scale.mean()))
+    return VideoShift(scale, strength)
 
 
 def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
@@ -86,6 +99,7 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
         net_config=net_config,
         data_info=data_info(dm, cfg.data),
         eval_window=eval_window(net, (cfg.get("eval") or {}).get("window")),
+        augment=build_augment(cfg, dm),
     )
     n_params = count_parameters(net)
     recipe = recipe_name(cfg)
@@ -135,6 +149,7 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback] | None
                 "headline": {"protocol": "all", key: lit.test_results["all"][key]},
                 "tested": tested,
                 "ema": ema,
+                "augment": {"video_shift": float(lit.augment.strength)} if lit.augment is not None else None,
                 "class_coverage": class_coverage(dm, lit.test_results["all"], key),
                 "protocols": lit.test_results,
             }
