@@ -50,7 +50,8 @@ class VideoShift:
         if feats.shape[-1] != self.scale.numel():
             raise ValueError(f"video shift: features have {feats.shape[-1]} dimensions, the scale {self.scale.numel()}")
         scale = self.scale.to(feats.device, feats.dtype)
-        shift = torch.randn(feats.shape[0], feats.shape[-1], device=feats.device, dtype=feats.dtype) * (self.strength * scale)
+        shift = torch.randn(feats.shape[0], feats.shape[-1], device=feats.device, dtype=feats.dtype)
+        shift = shift * (self.strength * scale)
         out = dict(batch)
         out["features"] = _shifted(feats, shift, batch.get("mask"))
         if "long_features" in batch:
@@ -65,4 +66,3 @@ def _shifted(feats: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor | None
     if mask is not None:
         add = add * mask[..., None].to(feats.dtype)
     return feats + add
-
