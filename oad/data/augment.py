@@ -49,7 +49,9 @@ class VideoShift:
         feats = batch["features"]
         if feats.shape[-1] != self.scale.numel():
             raise ValueError(f"video shift: features have {feats.shape[-1]} dimensions, the scale {self.scale.numel()}")
-        scale = self.scale.to(feats.device, feats.dtype)
+        if self.scale.device != feats.device or self.scale.dtype != feats.dtype:
+            self.scale = self.scale.to(feats.device, feats.dtype)  # once, not at every step
+        scale = self.scale
         shift = torch.randn(feats.shape[0], feats.shape[-1], device=feats.device, dtype=feats.dtype)
         shift = shift * (self.strength * scale)
         out = dict(batch)
@@ -62,7 +64,7 @@ class VideoShift:
 
 def _shifted(feats: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``feats`` (B, L, D) plus ``shift`` (B, D) on every position where ``mask`` (B, L) is True."""
-    add = shift[:, None, :].expand_as(feats)
+    add = shift[:, None, :]  # broadcast over the positions
     if mask is not None:
         add = add * mask[..., None].to(feats.dtype)
     return feats + add
