@@ -4,7 +4,8 @@ The streaming runner (``oad.online.OnlineDetector``) keeps its state inside a Py
 exported model cannot, so the exported step is a pure function of explicit state: the
 :class:`oad.online.base.ExportStep` its model names in ``export_step``, kept next to the model's online
 step (window models such as OadTR and the linear floor: :class:`oad.online.window.WindowExportStep`, an
-explicit buffer of projected inputs; TRN: :class:`oad.online.recurrent.TRNExportStep`, the recurrent state).
+explicit buffer of projected inputs; TRN: :class:`oad.online.recurrent.TRNExportStep`, the recurrent state;
+OadTR-SW: :class:`oad.online.oadtr_sw.OadTRSWExportStep`, its key/value caches and long memory).
 
 Scores are probabilities: the softmax over the classes other than the ignore class (probability 0), as
 ``oad.models.base.class_probabilities`` computes them. The batch dimension ``N`` (streams stepped together)
@@ -81,7 +82,7 @@ def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: 
     (and ``step_int8.onnx`` for ``precision="int8"``).
 
     Args:
-        net: a trained OadTR or TRN.
+        net: a trained model whose class names an ``export_step``.
         output_dir: created if missing.
         ignore_index: class left out of the softmax, or None.
         meta: extra facts for ``export.json`` (class names, fps, the checkpoint, ...).

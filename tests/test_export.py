@@ -14,6 +14,7 @@ from oad.checkpoint import save_network
 from oad.export import export_checkpoint, step_module
 from oad.models import registry
 from oad.models.base import OnlineModel
+from oad.models.oadtr_sw import OadTRSW
 from oad.online.recurrent import TRNExportStep
 from oad.tasks.scoring import class_probabilities, score_videos
 
@@ -110,7 +111,10 @@ class NoExport(OnlineModel):
 
 
 def test_step_module_rejects_other_models():
-    assert {"oadtr", "trn", "linear"} <= set(EXPORTABLE)
+    assert {"oadtr", "trn", "linear", "oadtr_sw"} <= set(EXPORTABLE)
+    with pytest.raises(TypeError, match="readout='cross' only"):
+        step_module(OadTRSW(in_dim=IN_DIM, num_classes=NUM_CLASSES, **{**OadTRSW.tiny, "readout": "encoder",
+                                                                      "long_memory": 0}), IGNORE)
     with pytest.raises(TypeError, match="no exportable step"):
         step_module(NoExport())
     assert isinstance(step_module(make_net("trn"), IGNORE), TRNExportStep)

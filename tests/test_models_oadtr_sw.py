@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -21,13 +22,17 @@ from oad.models.base import class_probabilities, count_parameters
 from oad.models.oadtr import OadTR
 from oad.models.oadtr_sw import OadTRSW, alibi_slopes
 from oad.online import OnlineDetector
-from oad.online.oadtr_sw import OadTRSWStep
+from oad.online.oadtr_sw import OadTRSWExportStep, OadTRSWStep
 from oad.tasks.scoring import score_videos
 from tests.conftest import TINY, compose_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 IN_DIM, WINDOW, K = 24, 8, 4
+# the task token read out by cross-attention, through the encoder, and with a long memory reaching past the
+# receptive field (R = 3 * (WINDOW - 1) = 21 chunks)
+VARIANTS = {"cross": {}, "encoder": {"readout": "encoder"},
+            "long": {"long_memory": 3 * WINDOW + 1, "long_decays": (0.7, 1.0)}}
 
 
 def small(seed: int = 0, **kw) -> OadTRSW:
@@ -52,11 +57,11 @@ def stream(det: OnlineDetector, feats: torch.Tensor) -> tuple[torch.Tensor, torc
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("readout", ["cross", "encoder"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("T", [WINDOW - 3, 2 * WINDOW + 3, 10 * WINDOW])
 @pytest.mark.parametrize("N", [1, 3])
-def test_streaming_equals_offline_scoring(T, N, readout):
-    net = small(readout=readout)
+def test_streaming_equals_offline_scoring(T, N, variant):
+    net = small(**VARIANTS[variant])
     feats = torch.randn(N, T, IN_DIM, generator=torch.Generator().manual_seed(T + N))
     offline = score_videos(net, list(feats))
     det = OnlineDetector(net)
@@ -71,9 +76,9 @@ def test_streaming_equals_offline_scoring(T, N, readout):
     assert scores.argmax(-1).unique().numel() > 1 or scores.std(1).max() > 1e-3
 
 
-@pytest.mark.parametrize("readout", ["cross", "encoder"])
-def test_prime_and_reset_leave_the_state_stepping_would(readout):
-    net = small(1, readout=readout)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prime_and_reset_leave_the_state_stepping_would(variant):
+    net = small(1, **VARIANTS[variant])
     feats = torch.randn(2, 3 * WINDOW, IN_DIM, generator=torch.Generator().manual_seed(3))
     ref = stream(OnlineDetector(net), feats)[0]
     for k in (0, 3, WINDOW, 2 * WINDOW + 1):
@@ -86,9 +91,26 @@ def test_prime_and_reset_leave_the_state_stepping_would(readout):
     assert_close(stream(det, feats)[0], ref, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("readout", ["cross", "encoder"])
-def test_tiling_does_not_change_the_scores(readout):
-    net = small(2, readout=readout)
+@pytest.mark.parametrize("variant", ["cross", "long"])
+def test_the_export_step_streams_as_the_online_step(variant):
+    """The exportable step (caches held oldest first, explicit state) == the ring-buffer step, past the
+    filling of every buffer; the TorchScript/ONNX files themselves: tests/test_export.py."""
+    net = small(15, **VARIANTS[variant])
+    feats = torch.randn(2, 4 * WINDOW, IN_DIM, generator=torch.Generator().manual_seed(16))
+    ref, ref_future = stream(OnlineDetector(net), feats)
+    step = OadTRSWExportStep(net, ignore_index=21)
+    state = step.init_state(2)
+    with torch.no_grad():
+        for t in range(feats.shape[1]):
+            scores, future, *state = step(*step.arrange(tuple(state), feats[:, t]))
+            assert_close(scores, ref[:, t], atol=1e-5, rtol=0)
+            assert_close(future, ref_future[:, t], atol=1e-5, rtol=0)
+    assert int(state[-1][0]) == step.window == max(WINDOW, K, VARIANTS[variant].get("long_memory", 0))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiling_does_not_change_the_scores(variant):
+    net = small(2, **VARIANTS[variant])
     x = torch.randn(5 * WINDOW + 1, IN_DIM, generator=torch.Generator().manual_seed(4))
     ref = net.forward_video(x)
     for tile in (1, 7, 1000):
@@ -103,11 +125,11 @@ def test_tiling_does_not_change_the_scores(readout):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("readout", ["cross", "encoder"])
-def test_a_chunk_never_changes_once_computed(readout):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_chunk_never_changes_once_computed(variant):
     """Its encoder state does not change when later chunks are appended, nor its outputs when the
     features after it change."""
-    net = small(5, readout=readout)
+    net = small(5, **VARIANTS[variant])
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(1, 4 * WINDOW, IN_DIM, generator=gen)
     with torch.no_grad():
@@ -141,9 +163,53 @@ def test_receptive_field_is_the_default_context():
         assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("readout", ["cross", "encoder"])
-def test_left_padding_is_invisible_and_start_scores_the_tail(readout):
-    net = small(9, readout=readout)
+def test_long_memory_reaches_back_its_length_and_no_further():
+    """With a long memory of M > R chunks the output at t depends on chunk t - M + 1 and on nothing older;
+    the default context is M - 1, and a training sequence scores its tail as the whole video does."""
+    M = 3 * WINDOW + 1
+    net = small(11, long_memory=M, long_decays=(0.7, 1.0))
+    assert net.context == M - 1 and sequence_lengths({"window": WINDOW, "num_layers": 2, "long_memory": M}) == (16, M - 1)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(1, M + 6, IN_DIM, generator=gen)
+    t = M + 5
+    with torch.no_grad():
+        ref = net(x)[0][:, t]
+        older = x.clone()
+        older[:, : t - M + 1] += 5  # chunks t-M and before: no effect
+        assert_close(net(older)[0][:, t], ref, atol=1e-5, rtol=1e-5)
+        edge = x.clone()
+        edge[:, t - M + 1] += 5  # chunk t-M+1 (older than the receptive field of the encoder): an effect
+        assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
+        # a sequence of 4 scored chunks after its M - 1 chunks of history == the whole video's
+        assert_close(net(x[:, t - 3 - (M - 1): t + 1], start=M - 1)[0][0], net(x)[0][0, t - 3: t + 1],
+                     atol=1e-5, rtol=1e-5)
+
+
+def test_long_memory_tokens_are_exponential_means_of_the_embeddings():
+    M, decays = 6, (0.5, 1.0)
+    net = small(13, long_memory=M, long_decays=decays)
+    x = torch.randn(1, 10, IN_DIM, generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        e = net.embed(x)[0]
+        mask = torch.ones(1, 13, dtype=torch.bool)
+        mask[:, :3] = False  # left padding: not averaged in
+        got = net.long_tokens(net.embed(torch.cat((torch.randn(1, 3, IN_DIM) * 9, x), dim=1)), mask, 3, 13)[0]
+        for t in (0, 2, 9):
+            for j, d in enumerate(decays):
+                ages = torch.arange(min(t + 1, M), dtype=torch.float32)
+                w = d ** ages
+                summary = (w[:, None] * e[t - ages.long()]).sum(0) / w.sum()
+                want = F.layer_norm(summary, (32,), net.long_norm.weight, net.long_norm.bias) + net.long_embed[0, 0, j]
+                assert_close(got[t, j], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="long_decays"):
+        small(long_memory=4, long_decays=(1.5,))
+    with pytest.raises(ValueError, match="readout='cross'"):
+        small(long_memory=4, readout="encoder")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_left_padding_is_invisible_and_start_scores_the_tail(variant):
+    net = small(9, **VARIANTS[variant])
     gen = torch.Generator().manual_seed(10)
     short = torch.randn(2, 11, IN_DIM, generator=gen)
     padded = torch.cat([torch.randn(2, 7, IN_DIM, generator=gen) * 100, short], dim=1)  # garbage in the padding
@@ -217,15 +283,16 @@ def test_sequences_carry_their_history_and_supervise_every_chunk_once():
     assert (d.seq_len, d.context, d.num_queries) == (16, 21, 4)
 
 
-@pytest.mark.parametrize("readout", ["cross", "encoder"])
-def test_every_parameter_gets_a_gradient_through_the_criterion(readout):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_parameter_gets_a_gradient_through_the_criterion(variant):
     torch.manual_seed(0)
     net = OadTRSW(in_dim=IN_DIM, window=WINDOW, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4,
                   decoder_layers=2, decoder_heads=2, decoder_dim=16, decoder_ffn_dim=40, decoder_window=K,
-                  readout=readout).train()
+                  **VARIANTS[variant]).train()
     videos = make_videos([30, 9, 60], seed=1)
-    ds = dense_sequences(videos, {"window": WINDOW, "num_layers": 2, "num_queries": 4, "future_offset": 1},
-                         ignore_index=21, seed=0)
+    ds = dense_sequences(videos, {"window": WINDOW, "num_layers": 2, "num_queries": 4, "future_offset": 1,
+                                  **VARIANTS[variant]}, ignore_index=21, seed=0)
+    assert ds.context == net.context
     batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     assert not batch["mask"].all()  # padded histories are in the batch
     logits, future = net.training_logits(batch)

@@ -37,13 +37,14 @@ from oad.data.base import EpochIndex, Video, future_targets, padded_features
 
 def sequence_lengths(config: Mapping[str, Any]) -> tuple[int, int]:
     """``(seq_len, context)`` of a model config: ``seq_len`` (default ``2 * window``) and ``context``
-    (default the receptive field ``(num_layers + 1) * (window - 1)``; num_layers defaults to 3)."""
+    (default the receptive field ``(num_layers + 1) * (window - 1)``, num_layers defaulting to 3, or
+    ``long_memory - 1`` where that is longer: a long memory of ``M`` chunks reads the ``M - 1`` before)."""
     window = int(config.get("window", 64))
     seq_len = config.get("seq_len")
     seq_len = 2 * window if seq_len is None else int(seq_len)
     context = config.get("context")
     if context is None:
-        context = (int(config.get("num_layers", 3)) + 1) * (window - 1)
+        context = max((int(config.get("num_layers", 3)) + 1) * (window - 1), int(config.get("long_memory") or 0) - 1)
     if seq_len < 1 or int(context) < 0:
         raise ValueError(f"need seq_len >= 1 and context >= 0, got {seq_len}, {context}")
     return seq_len, int(context)

@@ -27,6 +27,15 @@ OadTR (:mod:`oad.models.oadtr`) re-encodes the whole window of the last ``L`` ch
   self-attention block and its cross-attention query projection see only the learned queries: they are
   constants, computed once per forward in evaluation and once per stream set online.
 
+- **Long memory** (``long_memory = M > 0``, TeSTra's constant-cost long memory in its simplest form): at
+  chunk ``t``, one summary per decay ``d_j`` (``long_decays``), the ``d_j``-weighted mean of the embedded
+  chunks ``t-M+1 .. t`` (``sum_i d_j^i e_{t-i} / sum_i d_j^i`` over the chunks there are; decay 1: their plain
+  mean). Each becomes a token ``LN(summary_j) + embedding_j`` that the readout and every decoder layer read
+  as ``J`` more keys at bias 0, next to the memory states and the task token. The summaries reach ``M``
+  chunks back, past the encoder's receptive field, at a cost that does not grow with the history: online a
+  ring of the last ``M`` embeddings and one ``(J, M)`` weighting of it per chunk (``2 J M d`` FLOPs), plus
+  the keys/values of ``J`` tokens per layer.
+
 Offline (training, :meth:`OadTRSW.forward_video`) everything runs in parallel over a sequence with banded
 masks, tiled over time (``tile`` positions at a time: the keys of a tile are its own positions and the
 ``L - 1`` before them; the decoder's ``Q`` queries of all positions of a tile are one batch of
@@ -46,14 +55,16 @@ Changes from the design brief (both needed for the FLOP targets at paper size, i
   for ``Q`` queries in each of 5 layers would make the step grow by ~35% from ``L = 64`` to ``L = 1024``.
   With ``K`` fixed only the encoder's and the readout's attention grows with ``L`` (~6% over that range).
 - Training samples carry ``context`` chunks of history in front of the ``seq_len`` supervised ones
-  (:mod:`oad.data.sequences`); by default the receptive field ``(num_layers + 1) * (L - 1)``, so every
-  supervised chunk is computed exactly as online. Only the encoder runs on the context positions.
+  (:mod:`oad.data.sequences`); by default the receptive field ``R = (num_layers + 1) * (L - 1)`` or
+  ``M - 1`` where longer, so every supervised chunk is computed exactly as online. The encoder runs on the
+  last ``R`` context positions only; the older ones are embedded for the long memory, nothing more.
 
 Args (keyword only; OadTR's names where they exist):
     in_dim, num_classes; window: ``L``; d_model, num_heads, num_layers, mlp_dim: the encoder (and the
     readout: its heads, its FFN size); num_queries: ``Q``; decoder_layers, decoder_heads, decoder_dim
     (None: ``d_model``), decoder_ffn_dim, decoder_window: ``K <= L``; readout: ``"cross"`` (the readout above) or
-    ``"encoder"`` (the token through the encoder layers); dropout, attn_dropout;
+    ``"encoder"`` (the token through the encoder layers); long_memory: ``M`` (0: none; needs the cross
+    readout), long_decays: one token per decay in ``(0, 1]``; dropout, attn_dropout;
     seq_len: supervised chunks per training sequence (default ``2 * window``); context: history chunks
     in front of them (default ``(num_layers + 1) * (window - 1)``). ``seq_len`` and ``context`` are read
     by the samples function only.
@@ -104,21 +115,51 @@ def band_bias(q_pos: Tensor, k_pos: Tensor, slopes: list[float], window: int,
     return bias[None].masked_fill(~ok[:, None], float("-inf"))
 
 
+def group_bias(positions: int, group: int, device: torch.device | None = None) -> Tensor:
+    """``(P, P * group)`` float32: query row ``i`` admits (bias 0) its own ``group`` keys ``i*group ..``
+    of ``P * group`` per-position keys laid out position by position, no other."""
+    own = torch.arange(positions * group, device=device) // group == torch.arange(positions, device=device)[:, None]
+    return torch.zeros(own.shape, device=device).masked_fill(~own, float("-inf"))
+
+
 def decoder_bias(q_pos: Tensor, k_pos: Tensor, slopes: list[float], window: int, key_valid: Tensor | None,
-                 num_queries: int) -> Tensor:
-    """Bias of the decoder rows of a tile: ``(B|1, H, P*Q, S + P)``.
+                 num_queries: int, group: int = 1) -> Tensor:
+    """Bias of the decoder rows of a tile: ``(B|1, H, P*Q, S + P*group)``.
 
     Keys are the memory states at ``k_pos (S,)`` (a band of ``window`` before each position, ALiBi) and
-    then the ``P`` readout tokens of the tile's positions (each position admits its own, bias 0); the
-    ``Q`` query rows of a position share its mask.
+    then ``group`` keys per position of the tile (its readout token and its long-memory tokens; each
+    position admits its own, bias 0); the ``Q`` query rows of a position share its mask.
     """
-    mem = band_bias(q_pos, k_pos, slopes, window, key_valid)  # (B|1, H, P, S)
-    P = q_pos.shape[0]
-    tok = torch.full((P, P), float("-inf"), device=q_pos.device)
-    tok.fill_diagonal_(0.0)
-    bias = torch.cat((mem, tok.expand(*mem.shape[:2], P, P)), dim=-1)  # (B|1, H, P, S+P)
-    Bb, H, _, Sk = bias.shape
+    bias = with_groups(band_bias(q_pos, k_pos, slopes, window, key_valid), group)  # (B|1, H, P, S+P*G)
+    Bb, H, P, Sk = bias.shape
     return bias[:, :, :, None].expand(Bb, H, P, num_queries, Sk).reshape(Bb, H, P * num_queries, Sk)
+
+
+def with_groups(bias: Tensor, group: int) -> Tensor:
+    """A band bias ``(B|1, H, P, S)`` with ``group`` per-position keys appended: ``(B|1, H, P, S + P*group)``."""
+    Bb, H, P, _ = bias.shape
+    if group == 0:
+        return bias
+    own = group_bias(P, group, bias.device).to(bias.dtype)
+    return torch.cat((bias, own.expand(Bb, H, P, P * group)), dim=-1)
+
+
+def long_weights(q_pos: Tensor, k_pos: Tensor, decays: tuple[float, ...], memory: int,
+                 key_valid: Tensor | None = None) -> Tensor:
+    """Normalised exponential weights of the long-memory summaries: ``(B|1, J, P, S)`` float32.
+
+    Query ``t`` weighs key ``s`` by ``decay_j^(t - s)`` over ``0 <= t - s < memory`` (real keys only; a
+    query always admits its own position), each row summing to 1: summary ``j`` of chunk ``t`` is an
+    exponentially weighted mean of the last ``memory`` chunks (decay 1: their plain mean).
+    """
+    rel = q_pos[:, None] - k_pos[None, :]  # (P, S)
+    ok = ((rel >= 0) & (rel < memory))[None]
+    if key_valid is not None:
+        ok = ok & (key_valid[:, None, :] | (rel == 0)[None])  # (B, P, S)
+    d = torch.tensor(decays, dtype=torch.float32, device=q_pos.device)
+    w = d[:, None, None] ** rel.clamp(min=0).to(torch.float32)  # (J, P, S)
+    w = w[None] * ok[:, None]
+    return w / w.sum(dim=-1, keepdim=True)
 
 
 def ring_bias_table(slopes: list[float], size: int) -> Tensor:
@@ -287,13 +328,14 @@ class OadTRSW(OnlineModel):
 
     samples = "oad.data.samples:dense_sequences"  # sequences with their history, every chunk supervised
     online_step = "oad.online.oadtr_sw:OadTRSWStep"
+    export_step = "oad.online.oadtr_sw:OadTRSWExportStep"
     future_offset = 1  # future query j (0-based) predicts chunk t + 1 + j
     tile = 256  # positions per attention tile offline (memory of the banded masks and the decoder rows)
 
     # registry (oad/models/registry.py): the tests' tiny instance, int8 bounds (7 attention layers per step
     # on the tiny model's sharp weights), benchmark rows (flat in the window)
     tiny = dict(window=8, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4, decoder_layers=2,
-                decoder_heads=2, decoder_dim=32, decoder_ffn_dim=40)
+                decoder_heads=2, decoder_dim=32, decoder_ffn_dim=40, long_memory=12)
     int8_tolerance = {"fp32": 0.05, "offline": 0.03}
     paper_variants = {f"OadTR-SW (window {w})": {"config": {"window": w}} for w in (64, 256, 1024)}
 
@@ -314,6 +356,8 @@ class OadTRSW(OnlineModel):
         decoder_ffn_dim: int = 1024,
         decoder_window: int = 16,
         readout: str = "cross",
+        long_memory: int = 0,
+        long_decays: tuple[float, ...] | list[float] = (0.95, 0.99, 1.0),
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
         seq_len: int | None = None,
@@ -334,8 +378,17 @@ class OadTRSW(OnlineModel):
         if readout not in ("cross", "encoder"):
             raise ValueError(f"readout must be 'cross' or 'encoder', got {readout!r}")
         self.readout_mode = readout
+        self.long_memory = int(long_memory)
+        self.long_decays = tuple(float(d) for d in long_decays) if self.long_memory else ()
+        if self.long_memory < 0 or (self.long_memory and not self.long_decays):
+            raise ValueError(f"long_memory must be >= 0 with at least one decay, got {long_memory}, {long_decays}")
+        if any(not 0.0 < d <= 1.0 for d in self.long_decays):
+            raise ValueError(f"long_decays must lie in (0, 1], got {list(long_decays)}")
+        if self.long_memory and readout != "cross":
+            raise ValueError("long_memory needs readout='cross'")
         self.seq_len, self.context = sequence_lengths(
-            {"window": window, "num_layers": num_layers, "seq_len": seq_len, "context": context})
+            {"window": window, "num_layers": num_layers, "seq_len": seq_len, "context": context,
+             "long_memory": self.long_memory})
         self.enc_slopes = alibi_slopes(num_heads)
         self.dec_slopes = alibi_slopes(decoder_heads)
 
@@ -349,6 +402,10 @@ class OadTRSW(OnlineModel):
         else:  # the task token runs through the encoder layers (query side only), then encoder_norm
             self.cls_token = nn.Parameter(torch.empty(1, 1, d_model))
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.long_memory:  # the long-memory tokens: LN(summary_j) + a learned embedding of decay j
+            self.long_norm = nn.LayerNorm(d_model)
+            self.long_embed = nn.Parameter(torch.empty(1, 1, len(self.long_decays), d_model))
+            nn.init.trunc_normal_(self.long_embed, std=0.02)
 
         self.decoder_cls_token = nn.Parameter(torch.empty(1, num_queries, decoder_dim))
         nn.init.trunc_normal_(self.decoder_cls_token, std=0.02)
@@ -397,7 +454,21 @@ class OadTRSW(OnlineModel):
             x = layer.finish(x, att[0] if len(att) == 1 else torch.cat(att, dim=2))
         return self.encoder_norm(x)
 
-    def _token(self, mem: Tensor, kvs: list, valid: Tensor | None, a: int, b: int) -> Tensor:
+    def long_tokens(self, e: Tensor, valid: Tensor | None, a: int, b: int) -> Tensor | None:
+        """The long-memory tokens ``(B, P, J, d)`` of positions ``a .. b-1`` from the embedded chunks
+        ``e (B, S, d)`` (None without a long memory): ``LN(summary_j) + embedding_j``, summary ``j`` the
+        ``decay_j``-weighted mean of the last ``long_memory`` embeddings (:func:`long_weights`)."""
+        if not self.long_memory:
+            return None
+        k0 = max(0, a - self.long_memory + 1)
+        pos = torch.arange(e.shape[1], device=e.device)
+        w = long_weights(pos[a:b], pos[k0:b], self.long_decays, self.long_memory,
+                         None if valid is None else valid[:, k0:b])  # (B|1, J, P, S)
+        summary = torch.matmul(w.to(e.dtype), e[:, None, k0:b]).transpose(1, 2)  # (B, P, J, d)
+        return self.long_norm(summary) + self.long_embed
+
+    def _token(self, mem: Tensor, kvs: list, valid: Tensor | None, a: int, b: int,
+               long: Tensor | None = None) -> Tensor:
         """The task token ``(B, P, d)`` of positions ``a .. b-1``.
 
         ``readout="cross"``: one cross-attention of a learned query over the last ``L`` memory states.
@@ -411,12 +482,14 @@ class OadTRSW(OnlineModel):
         k0 = max(0, a - L + 1)
         band = band_bias(pos[a:b], pos[k0:b], self.enc_slopes, L, None if valid is None else valid[:, k0:b])
         if self.readout_mode == "cross":
-            kr, vr = self.readout.attn.keys_values(mem[:, k0:b])
+            keys = mem[:, k0:b]
+            if long is not None:  # and each position's own long-memory tokens (bias 0)
+                keys = torch.cat((keys, long.flatten(1, 2)), dim=1)
+                band = with_groups(band, long.shape[2])
+            kr, vr = self.readout.attn.keys_values(keys)
             q = self.readout.query().expand(B, -1, P, -1).contiguous()  # (B, H, P, dh)
             return self.readout.finish(self.readout.attn.attend(q, kr, vr, band))  # (B, P, d)
-        own = torch.full((P, P), float("-inf"), device=mem.device)
-        own.fill_diagonal_(0.0)
-        bias = torch.cat((band, own.expand(*band.shape[:2], P, P)), dim=-1)  # (B|1, H, P, S + P)
+        bias = with_groups(band, 1)  # (B|1, H, P, S + P): each position's own token at distance 0
         x = self.cls_token.expand(B, P, -1)  # (B, P, d)
         for layer, (k, v) in zip(self.encoder, kvs):
             q, kt, vt = layer.qkv(x)  # (B, H, P, dh)
@@ -424,20 +497,25 @@ class OadTRSW(OnlineModel):
             x = layer.finish(x, att)
         return self.encoder_norm(x)
 
-    def _readout_decode(self, mem: Tensor, kvs: list, valid: Tensor | None, a: int, b: int) -> tuple[Tensor, Tensor]:
-        """Logits ``(B, P, C)`` and future logits ``(B, P, Q, C)`` of positions ``a .. b-1``."""
+    def _readout_decode(self, mem: Tensor, kvs: list, valid: Tensor | None, a: int, b: int,
+                        long: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits ``(B, P, C)`` and future logits ``(B, P, Q, C)`` of positions ``a .. b-1`` (``long``: their
+        long-memory tokens ``(B, P, J, d)``)."""
         B, P = mem.shape[0], b - a
         K, Q = self.decoder_window, self.num_queries
         pos = torch.arange(mem.shape[1], device=mem.device)
-        token = self._token(mem, kvs, valid, a, b)  # (B, P, d)
+        token = self._token(mem, kvs, valid, a, b, long)  # (B, P, d)
+        # the decoder: [the last K memory states ; the token ; the long-memory tokens] of each position
+        own = token if long is None else torch.cat((token[:, :, None], long), dim=2).flatten(1, 2)  # (B, P*G, d)
 
-        j0 = max(0, a - K + 1)  # the decoder: [the last K memory states ; the token] of each position
+        j0 = max(0, a - K + 1)
         md = mem[:, j0:b]
-        bias = decoder_bias(pos[a:b], pos[j0:b], self.dec_slopes, K, None if valid is None else valid[:, j0:b], Q)
+        bias = decoder_bias(pos[a:b], pos[j0:b], self.dec_slopes, K, None if valid is None else valid[:, j0:b], Q,
+                            own.shape[1] // P)
         x = self.decoder_cls_token[None]  # (1, 1, Q, d_dec)
         for i, layer in enumerate(self.decoder):
             km, vm = layer.cross_attention.keys_values(md)
-            kt, vt = layer.cross_attention.keys_values(token)
+            kt, vt = layer.cross_attention.keys_values(own)
             k, v = torch.cat((km, kt), dim=2), torch.cat((vm, vt), dim=2)  # (B, H, S+P, dh)
             if i == 0 and not self.training:
                 x = layer.self_block(x[0])[None]  # a constant: computed once
@@ -462,10 +540,15 @@ class OadTRSW(OnlineModel):
             ``logits (B, S - start, C)`` and ``future_logits (B, S - start, Q, C)``.
         """
         valid = mask.bool() if has_padding(mask) else None
+        e = self.embed_dropout(self.linear_encoding(x))
+        # The encoder runs on the receptive field of the scored positions only; the chunks before it (a
+        # long memory's) are embedded and averaged, nothing more.
+        cut = max(0, start - (len(self.encoder) + 1) * (self.window - 1))
+        v_enc = None if valid is None else valid[:, cut:]
         kvs: list = []
-        mem = self.encode(self.embed_dropout(self.linear_encoding(x)), valid,
-                          kvs if self.readout_mode == "encoder" else None)
-        outs = [self._readout_decode(mem, kvs, valid, a, b) for a, b in self._tiles(start, x.shape[1])]
+        mem = self.encode(e[:, cut:], v_enc, kvs if self.readout_mode == "encoder" else None)
+        outs = [self._readout_decode(mem, kvs, v_enc, a - cut, b - cut, self.long_tokens(e, valid, a, b))
+                for a, b in self._tiles(start, x.shape[1])]
         if len(outs) == 1:
             return outs[0]
         return torch.cat([o[0] for o in outs], dim=1), torch.cat([o[1] for o in outs], dim=1)
