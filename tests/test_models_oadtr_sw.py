@@ -193,7 +193,7 @@ def test_long_memory_tokens_are_exponential_means_of_the_embeddings():
         e = net.embed(x)[0]
         mask = torch.ones(1, 13, dtype=torch.bool)
         mask[:, :3] = False  # left padding: not averaged in
-        got = net.long_tokens(net.embed(torch.cat((torch.randn(1, 3, IN_DIM) * 9, x), dim=1)), mask, 3, 13)[0]
+        got = net.long_tokens(torch.cat((torch.randn(1, 3, IN_DIM) * 9, x), dim=1), mask, 3, 13)[0]
         for t in (0, 2, 9):
             for j, d in enumerate(decays):
                 ages = torch.arange(min(t + 1, M), dtype=torch.float32)

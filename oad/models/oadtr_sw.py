@@ -57,7 +57,7 @@ Changes from the design brief (both needed for the FLOP targets at paper size, i
 - Training samples carry ``context`` chunks of history in front of the ``seq_len`` supervised ones
   (:mod:`oad.data.sequences`); by default the receptive field ``R = (num_layers + 1) * (L - 1)`` or
   ``M - 1`` where longer, so every supervised chunk is computed exactly as online. The encoder runs on the
-  last ``R`` context positions only; the older ones are embedded for the long memory, nothing more.
+  last ``R`` context positions only; the older ones are only averaged for the long memory.
 
 Args (keyword only; OadTR's names where they exist):
     in_dim, num_classes; window: ``L``; d_model, num_heads, num_layers, mlp_dim: the encoder (and the
@@ -454,18 +454,23 @@ class OadTRSW(OnlineModel):
             x = layer.finish(x, att[0] if len(att) == 1 else torch.cat(att, dim=2))
         return self.encoder_norm(x)
 
-    def long_tokens(self, e: Tensor, valid: Tensor | None, a: int, b: int) -> Tensor | None:
-        """The long-memory tokens ``(B, P, J, d)`` of positions ``a .. b-1`` from the embedded chunks
-        ``e (B, S, d)`` (None without a long memory): ``LN(summary_j) + embedding_j``, summary ``j`` the
-        ``decay_j``-weighted mean of the last ``long_memory`` embeddings (:func:`long_weights`)."""
+    def long_tokens(self, x: Tensor, valid: Tensor | None, a: int, b: int) -> Tensor | None:
+        """The long-memory tokens ``(B, P, J, d)`` of positions ``a .. b-1`` of the chunks ``x (B, S, in_dim)``
+        (None without a long memory): ``LN(summary_j) + embedding_j``, summary ``j`` the ``decay_j``-weighted
+        mean of the last ``long_memory`` embeddings (:func:`long_weights`).
+
+        The embedding is affine and the weights of a mean sum to 1, so the mean of the embeddings is the
+        embedding of the mean of the features: offline the features are averaged first, and the ``M``
+        chunks of a training sample's long memory are not embedded one by one (online, where each chunk is
+        embedded anyway, the step averages the embeddings)."""
         if not self.long_memory:
             return None
         k0 = max(0, a - self.long_memory + 1)
-        pos = torch.arange(e.shape[1], device=e.device)
+        pos = torch.arange(x.shape[1], device=x.device)
         w = long_weights(pos[a:b], pos[k0:b], self.long_decays, self.long_memory,
                          None if valid is None else valid[:, k0:b])  # (B|1, J, P, S)
-        summary = torch.matmul(w.to(e.dtype), e[:, None, k0:b]).transpose(1, 2)  # (B, P, J, d)
-        return self.long_norm(summary) + self.long_embed
+        mean = torch.matmul(w.to(x.dtype), x[:, None, k0:b]).transpose(1, 2)  # (B, P, J, in_dim)
+        return self.long_norm(self.embed_dropout(self.linear_encoding(mean))) + self.long_embed
 
     def _token(self, mem: Tensor, kvs: list, valid: Tensor | None, a: int, b: int,
                long: Tensor | None = None) -> Tensor:
@@ -540,14 +545,14 @@ class OadTRSW(OnlineModel):
             ``logits (B, S - start, C)`` and ``future_logits (B, S - start, Q, C)``.
         """
         valid = mask.bool() if has_padding(mask) else None
-        e = self.embed_dropout(self.linear_encoding(x))
         # The encoder runs on the receptive field of the scored positions only; the chunks before it (a
-        # long memory's) are embedded and averaged, nothing more.
+        # long memory's) are only averaged.
         cut = max(0, start - (len(self.encoder) + 1) * (self.window - 1))
         v_enc = None if valid is None else valid[:, cut:]
         kvs: list = []
-        mem = self.encode(e[:, cut:], v_enc, kvs if self.readout_mode == "encoder" else None)
-        outs = [self._readout_decode(mem, kvs, v_enc, a - cut, b - cut, self.long_tokens(e, valid, a, b))
+        mem = self.encode(self.embed_dropout(self.linear_encoding(x[:, cut:])), v_enc,
+                          kvs if self.readout_mode == "encoder" else None)
+        outs = [self._readout_decode(mem, kvs, v_enc, a - cut, b - cut, self.long_tokens(x, valid, a, b))
                 for a, b in self._tiles(start, x.shape[1])]
         if len(outs) == 1:
             return outs[0]
