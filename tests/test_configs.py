@@ -19,6 +19,7 @@ from oad.models.base import count_parameters
 from tests.conftest import REPO, compose_cfg, net_on_meta
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+OWN_MODELS = {"oadtr_sw"}  # ours: their experiment files have no published figure
 TOOL_CONFIGS = {"train": "train", "eval": "eval", "stream": "stream", "export": "export",
                 "extract_features": "extract", "leaderboard": "leaderboard"}
 
@@ -101,9 +102,14 @@ def test_logger_options_name_lightning_loggers(logger, tmp_path):
 def test_experiment_states_its_published_figure_and_names_released_streams(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}", "data.root=/data/x"], tmp_path)
     pub = cfg.published
-    assert pub.method and pub.source and pub.features
-    assert pub.metric in ("mAP", "mcAP") and pub.protocol in ("all", "windows")
-    assert 0 < float(pub.figure) < 100
+    if name.split("_kinetics")[0] in OWN_MODELS:  # ours: nothing published to claim
+        assert pub is None
+    else:
+        assert pub.method and pub.source and pub.features
+        assert pub.metric in ("mAP", "mcAP") and pub.protocol in ("all", "windows")
+        assert 0 < float(pub.figure) < 100
+        # the metric of the data is the published one
+        assert (cfg.data.source.dataset.lower() == "tvseries") == (pub.metric == "mcAP")
     layout = cfg.data.layout
     dataset = next(k for k in RELEASED_STREAMS[layout] if k.lower() == str(cfg.data.source.dataset).lower())
     released = RELEASED_STREAMS[layout][dataset]
@@ -115,8 +121,6 @@ def test_experiment_states_its_published_figure_and_names_released_streams(name,
         assert streams, f"{name}: name the {layout}-layout streams (the release's folders) explicitly"
         names = set(streams.values())
     assert names and names <= released, f"{name}: {sorted(names - released)} are not streams of the {layout} release"
-    # the metric of the data is the published one
-    assert (cfg.data.source.dataset.lower() == "tvseries") == (pub.metric == "mcAP")
 
 
 def _jobs(args: list[str]) -> list[list[str]]:

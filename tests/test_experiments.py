@@ -22,7 +22,11 @@ ON_SYNTHETIC = [
 def test_experiment_composes_with_paper_hyperparameters(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}", "data.root=/nonexistent"], tmp_path)
     assert cfg.trainer.accelerator == "gpu" and cfg.seed == 20
-    if name.startswith("oadtr"):
+    if name.startswith("oadtr_sw"):  # ours: OadTR's widths and window, its recipe on dense sequences
+        assert cfg.model.window == 64 and cfg.model.num_queries == 8 and cfg.model.d_model == 1024
+        assert cfg.model.long_memory == 2048 and cfg.model.seq_len == 16 and cfg.data.batch_size == 8
+        assert cfg.optimizer.lr == 1e-4 and cfg.scheduler.step_size == 1 and cfg.trainer.max_epochs == 4
+    elif name.startswith("oadtr"):
         assert cfg.model.window == 64 and cfg.model.num_queries == 8
         assert cfg.model.d_model == 1024 and cfg.model.num_layers == 3 and cfg.model.decoder_layers == 5
         assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4 and cfg.data.batch_size == 128
@@ -70,6 +74,26 @@ def test_successor_experiment_builds_the_paper_model(name, tmp_path):
     assert count_parameters(net) == PAPER_PARAMS[name.split("_")[0]]
 
 
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("oadtr_sw")])
+def test_oadtr_sw_experiment_builds_the_paper_model(name, tmp_path):
+    from tests.test_models_oadtr_sw import PAPER_PARAMETERS
+
+    cfg = compose_cfg("train", [f"experiment={name}", "data.root=/nonexistent"], tmp_path)
+    assert count_parameters(net_on_meta(cfg)) == PAPER_PARAMETERS
+
+
+@pytest.mark.slow
+def test_oadtr_sw_experiment_fast_dev_run_at_paper_size(tmp_path):
+    """One training step and the scoring at paper size, the long memory of 2048 chunks included."""
+    from tests.test_models_oadtr_sw import PAPER_PARAMETERS
+
+    cfg = compose_cfg("train", ["experiment=oadtr_sw_kinetics_thumos14", *ON_SYNTHETIC, "~data.source.lstr",
+                                "debug=fdr", "data.batch_size=2"], tmp_path)
+    result = train(cfg)
+    assert result["metrics"]["num_parameters"] == PAPER_PARAMETERS
+    assert 0.0 <= result["metrics"]["headline"]["mAP"] <= 1.0
+
+
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("trn")])
 def test_trn_experiment_builds_the_paper_model(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}", "data.root=/nonexistent"], tmp_path)
@@ -78,7 +102,7 @@ def test_trn_experiment_builds_the_paper_model(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("oadtr")][:2])
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("oadtr") and "_sw" not in e][:2])
 def test_oadtr_experiment_fast_dev_run_at_paper_size(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}", *ON_SYNTHETIC, "debug=fdr", "data.batch_size=2"], tmp_path)
     result = train(cfg)

@@ -337,7 +337,8 @@ class OadTRSW(OnlineModel):
     tiny = dict(window=8, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, num_queries=4, decoder_layers=2,
                 decoder_heads=2, decoder_dim=32, decoder_ffn_dim=40, long_memory=12)
     int8_tolerance = {"fp32": 0.05, "offline": 0.03}
-    paper_variants = {f"OadTR-SW (window {w})": {"config": {"window": w}} for w in (64, 256, 1024)}
+    paper_variants = {**{f"OadTR-SW (window {w})": {"config": {"window": w}} for w in (64, 256, 1024)},
+                      "OadTR-SW (window 64, no long memory)": {"config": {"long_memory": 0}}}
 
     def __init__(
         self,
@@ -356,7 +357,7 @@ class OadTRSW(OnlineModel):
         decoder_ffn_dim: int = 1024,
         decoder_window: int = 16,
         readout: str = "cross",
-        long_memory: int = 0,
+        long_memory: int = 2048,
         long_decays: tuple[float, ...] | list[float] = (0.95, 0.99, 1.0),
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
