@@ -341,15 +341,17 @@ def test_paper_parameter_count_and_config(tmp_path):
     assert cfg.data.batch_size * cfg.model.seq_len == 128  # OadTR's 128 supervised chunks per step
 
 
-def step_flops(window: int, **kw) -> int:
-    """FLOPs of one step (batch 1, ring full) of the paper-size model, on the meta device."""
+def step_flops(window: int, history: int | None = None, **kw) -> int:
+    """FLOPs of one step (batch 1, after ``history`` chunks; default: every ring full) of the paper-size
+    model, on the meta device."""
     meta = torch.device("meta")
     with meta:
         net = OadTRSW(in_dim=3072, window=window, **kw)
     step = OadTRSWStep(net, meta, torch.float32)
     step.start(1)
     step.prime(torch.zeros(1, 2, 3072, device=meta))
-    step.count = 2 * max(window, net.long_memory)  # full rings (the biases and masks are all the count selects)
+    # (the biases and masks are all the count selects)
+    step.count = 2 * max(window, net.long_memory) if history is None else history
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         step.step(torch.zeros(1, 3072, device=meta))
     return fc.get_total_flops()
@@ -369,6 +371,8 @@ def test_step_flops_are_10x_below_oadtr_and_almost_flat_in_the_window():
     assert full / f64 >= 10, (full, f64)
     assert f64 < f256 < f1024 < 1.25 * f64, (f64, f256, f1024)
     assert 0.31e9 < f64 < 0.34e9 and 0.26e9 < step_flops(64, long_memory=0) < 0.28e9
+    # flat as the history grows: the same work after 1 chunk as after 2048 and 10,000 (every buffer full)
+    assert step_flops(64, history=1) == step_flops(64, history=2048) == step_flops(64, history=10_000) == f64
     # the task token through the encoder layers: one more query row per layer and chunk
     e64, e1024 = (step_flops(w, readout="encoder", long_memory=0) for w in (64, 1024))
     assert 0.27e9 < e64 < 0.5e9 and e1024 < 1.25 * e64, (e64, e1024)
