@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
+from oad.checkpoint import load_network, save_network
 from oad.data.base import Video
 from oad.data.samples import dense_sequences
 from oad.data.sequences import SequenceDataset, sequence_lengths
@@ -35,12 +36,13 @@ VARIANTS = {"cross": {"long_memory": 0}, "encoder": {"readout": "encoder", "long
             "long": {"long_memory": 3 * WINDOW + 1, "long_decays": (0.7, 1.0)}}
 
 
+SIZES = {"window": WINDOW, "d_model": 32, "num_heads": 4, "num_layers": 2, "mlp_dim": 48, "num_queries": 4,
+         "decoder_layers": 3, "decoder_heads": 2, "decoder_dim": 16, "decoder_ffn_dim": 40, "decoder_window": K}
+
+
 def small(seed: int = 0, **kw) -> OadTRSW:
     torch.manual_seed(seed)
-    sizes = {"window": WINDOW, "d_model": 32, "num_heads": 4, "num_layers": 2, "mlp_dim": 48, "num_queries": 4,
-             "decoder_layers": 3, "decoder_heads": 2, "decoder_dim": 16, "decoder_ffn_dim": 40, "decoder_window": K,
-             "long_memory": 0}
-    net = OadTRSW(in_dim=IN_DIM, num_classes=22, **{**sizes, **kw})
+    net = OadTRSW(in_dim=IN_DIM, num_classes=22, **{**SIZES, "long_memory": 0, **kw})
     for p in net.parameters():  # larger than the default init, so the scores vary between chunks
         torch.nn.init.normal_(p, std=0.3)
     net.tile = 16  # several tiles on the longer videos
@@ -208,6 +210,17 @@ def test_long_memory_tokens_are_exponential_means_of_the_embeddings():
         small(long_memory=4, readout="encoder")
 
 
+def test_a_checkpoint_saved_before_the_long_memory_loads_as_it_was(tmp_path):
+    """Its model config has no ``long_memory``: the class default (none) rebuilds the network it holds."""
+    net = small(17)
+    save_network(tmp_path / "old.ckpt", net, {"_target_": "oad.models.oadtr_sw.OadTRSW", "in_dim": IN_DIM,
+                                              "num_classes": 22, **SIZES}, {"ignore_index": 21})
+    loaded, _ = load_network(tmp_path / "old.ckpt")
+    x = torch.randn(30, IN_DIM, generator=torch.Generator().manual_seed(18))
+    assert loaded.long_memory == 0
+    assert_close(loaded.forward_video(x)[0], net.forward_video(x)[0], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_left_padding_is_invisible_and_start_scores_the_tail(variant):
     net = small(9, **VARIANTS[variant])
@@ -328,8 +341,9 @@ PAPER_PARAMETERS = 46_796_332  # in_dim 3072, 22 classes, the defaults = configs
 
 def test_paper_parameter_count_and_config(tmp_path):
     with torch.device("meta"):
-        net = OadTRSW(in_dim=3072)
-    assert count_parameters(net) == PAPER_PARAMETERS
+        net = OadTRSW(in_dim=3072, long_memory=2048)
+        old = OadTRSW(in_dim=3072)  # the class default: no long memory, as checkpoints saved before it
+    assert count_parameters(net) == PAPER_PARAMETERS and count_parameters(old) == 46_791_212
     assert (net.window, net.d_model, net.decoder_dim, net.decoder_window, net.num_queries) == (64, 1024, 512, 16, 8)
     assert (net.seq_len, net.context, net.long_memory) == (128, 2047, 2048)  # the long memory's 2047 chunks before
     cfg = compose_cfg("train", ["model=oadtr_sw", "size=paper"], tmp_path)
@@ -346,7 +360,7 @@ def step_flops(window: int, history: int | None = None, **kw) -> int:
     model, on the meta device."""
     meta = torch.device("meta")
     with meta:
-        net = OadTRSW(in_dim=3072, window=window, **kw)
+        net = OadTRSW(in_dim=3072, window=window, **{"long_memory": 2048, **kw})  # the paper config's
     step = OadTRSWStep(net, meta, torch.float32)
     step.start(1)
     step.prime(torch.zeros(1, 2, 3072, device=meta))
@@ -388,7 +402,8 @@ def test_alibi_slopes():
 def test_bf16_runs_and_agrees_with_fp32_on_the_top_class():
     torch.manual_seed(0)
     net = OadTRSW(in_dim=64, window=WINDOW, d_model=64, num_heads=4, num_layers=2, mlp_dim=64, num_queries=4,
-                  decoder_layers=2, decoder_heads=2, decoder_dim=32, decoder_ffn_dim=64, decoder_window=K).eval()
+                  decoder_layers=2, decoder_heads=2, decoder_dim=32, decoder_ffn_dim=64, decoder_window=K,
+                  long_memory=2 * WINDOW).eval()
     feats = torch.randn(3, 3 * WINDOW, 64, generator=torch.Generator().manual_seed(7))
     fp32 = stream(OnlineDetector(net), feats)[0]
     bf16, future = stream(OnlineDetector(net, dtype=torch.bfloat16), feats)

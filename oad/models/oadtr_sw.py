@@ -66,7 +66,9 @@ Args (keyword only; OadTR's names where they exist):
     readout: its heads, its FFN size); num_queries: ``Q``; decoder_layers, decoder_heads, decoder_dim
     (None: ``d_model``), decoder_ffn_dim, decoder_window: ``K <= L``; readout: ``"cross"`` (the readout above) or
     ``"encoder"`` (the token through the encoder layers); long_memory: ``M`` (0: none; needs the cross
-    readout), long_decays: one token per decay in ``(0, 1]``; dropout, attn_dropout;
+    readout; 0 by default, so that checkpoints saved before it existed rebuild as they were trained;
+    ``configs/model/oadtr_sw.yaml`` sets 2048), long_decays: one token per decay in ``(0, 1]``; dropout,
+    attn_dropout;
     seq_len: supervised chunks per training sequence (default ``2 * window``); context: history chunks
     in front of them (default ``(num_layers + 1) * (window - 1)``). ``seq_len`` and ``context`` are read
     by the samples function only.
@@ -359,7 +361,7 @@ class OadTRSW(OnlineModel):
         decoder_ffn_dim: int = 1024,
         decoder_window: int = 16,
         readout: str = "cross",
-        long_memory: int = 2048,
+        long_memory: int = 0,
         long_decays: tuple[float, ...] | list[float] = (0.95, 0.99, 1.0),
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
