@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,22 +149,25 @@ def test_a_chunk_never_changes_once_computed(variant):
     assert (a[0][:, t + 1:] - b[0][:, t + 1:]).abs().max() > 1e-3
 
 
+def assert_depends_back_to(net: OadTRSW, x: Tensor, t: int, first: int) -> None:
+    """The output at ``t`` depends on chunk ``first`` and on no chunk before it."""
+    with torch.no_grad():
+        ref = net(x)[0][:, t]
+        older = x.clone()
+        older[:, :first] += 5  # the chunks before: no effect
+        assert_close(net(older)[0][:, t], ref, atol=1e-5, rtol=1e-5)
+        edge = x.clone()
+        edge[:, first] += 5  # that chunk: an effect
+        assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
+
+
 def test_receptive_field_is_the_default_context():
     """The output at t depends on chunk t - R (R = (num_layers + 1) * (L - 1)) and on nothing older."""
     net = small(7)
     R = (2 + 1) * (WINDOW - 1)
     assert net.context == R and net.seq_len == 2 * WINDOW
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(1, R + 5, IN_DIM, generator=gen)
-    t = R + 4
-    with torch.no_grad():
-        ref = net(x)[0][:, t]
-        older = x.clone()
-        older[:, : t - R] += 5  # chunks t-R-1 and before: no effect
-        assert_close(net(older)[0][:, t], ref, atol=1e-5, rtol=1e-5)
-        edge = x.clone()
-        edge[:, t - R] += 5  # chunk t-R: an effect
-        assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
+    x = torch.randn(1, R + 5, IN_DIM, generator=torch.Generator().manual_seed(8))
+    assert_depends_back_to(net, x, R + 4, 4)
 
 
 def test_long_memory_reaches_back_its_length_and_no_further():
@@ -172,17 +176,10 @@ def test_long_memory_reaches_back_its_length_and_no_further():
     M = 3 * WINDOW + 1
     net = small(11, long_memory=M, long_decays=(0.7, 1.0))
     assert net.context == M - 1 and sequence_lengths({"window": WINDOW, "num_layers": 2, "long_memory": M}) == (16, M - 1)
-    gen = torch.Generator().manual_seed(12)
-    x = torch.randn(1, M + 6, IN_DIM, generator=gen)
+    x = torch.randn(1, M + 6, IN_DIM, generator=torch.Generator().manual_seed(12))
     t = M + 5
+    assert_depends_back_to(net, x, t, t - M + 1)  # older than the encoder's receptive field
     with torch.no_grad():
-        ref = net(x)[0][:, t]
-        older = x.clone()
-        older[:, : t - M + 1] += 5  # chunks t-M and before: no effect
-        assert_close(net(older)[0][:, t], ref, atol=1e-5, rtol=1e-5)
-        edge = x.clone()
-        edge[:, t - M + 1] += 5  # chunk t-M+1 (older than the receptive field of the encoder): an effect
-        assert (net(edge)[0][:, t] - ref).abs().max() > 1e-6
         # a sequence of 4 scored chunks after its M - 1 chunks of history == the whole video's
         assert_close(net(x[:, t - 3 - (M - 1): t + 1], start=M - 1)[0][0], net(x)[0][0, t - 3: t + 1],
                      atol=1e-5, rtol=1e-5)
