@@ -87,8 +87,9 @@ def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: 
         ignore_index: class left out of the softmax, or None.
         meta: extra facts for ``export.json`` (class names, fps, the checkpoint, ...).
         opset_version: ONNX opset.
-        check_steps: steps of the parity check after writing (default: ``window + 3``, so the partial
-            windows of the first ``L - 1`` chunks and some full ones are compared); 0 skips it.
+        check_steps: steps of the parity check after writing (default: ``window + 3``, the step's longest
+            buffer, so the partial windows of the first ``L - 1`` chunks and some full ones are compared);
+            0 skips it.
         precision: ``"fp32"`` or ``"int8"`` (also the int8 ONNX step, checked: see the module docstring).
     Returns:
         The manifest written to ``export.json`` (with the parity check's largest differences).
@@ -118,7 +119,8 @@ def export_network(net: nn.Module, output_dir: str | os.PathLike, ignore_index: 
 
     with torch.no_grad():
         example_out = step(*example)
-    window = getattr(net, "window", None)
+    # the longest buffer the step holds (OadTR-SW: its long memory), else the model's window
+    window = getattr(step, "window", None) or getattr(net, "window", None)
     manifest: dict[str, Any] = {
         "model": type(net).__name__,
         "torchscript": ts_path.name,
