@@ -166,6 +166,13 @@ def long_weights(q_pos: Tensor, k_pos: Tensor, decays: tuple[float, ...], memory
     return w / w.sum(dim=-1, keepdim=True)
 
 
+def age_weights(decays: tuple[float, ...], memory: int) -> Tensor:
+    """``(J, memory)`` float32: ``decay_j^a`` for a chunk ``a`` steps back (unnormalised), the weights of
+    :func:`long_weights` by age, which the online steps arrange over their buffers."""
+    d = torch.tensor(decays, dtype=torch.float32)[:, None]
+    return d ** torch.arange(memory, dtype=torch.float32)
+
+
 def ring_bias_table(slopes: list[float], size: int) -> Tensor:
     """ALiBi biases over a ring buffer of ``size`` slots: ``(2 * size, 1, H, 1, size)`` float32.
 
@@ -391,6 +398,8 @@ class OadTRSW(OnlineModel):
             raise ValueError(f"long_decays must lie in (0, 1], got {list(long_decays)}")
         if self.long_memory and readout != "cross":
             raise ValueError("long_memory needs readout='cross'")
+        # the chunks an output reaches back through the encoder and the readout (the long memory aside)
+        self.receptive_field = (num_layers + 1) * (window - 1)
         self.seq_len, self.context = sequence_lengths(
             {"window": window, "num_layers": num_layers, "seq_len": seq_len, "context": context,
              "long_memory": self.long_memory})
@@ -475,7 +484,11 @@ class OadTRSW(OnlineModel):
         w = long_weights(pos[a:b], pos[k0:b], self.long_decays, self.long_memory,
                          None if valid is None else valid[:, k0:b])  # (B|1, J, P, S)
         mean = torch.matmul(w.to(x.dtype), x[:, None, k0:b]).transpose(1, 2)  # (B, P, J, in_dim)
-        return self.long_norm(self.embed_dropout(self.linear_encoding(mean))) + self.long_embed
+        return self.long_memory_tokens(self.embed_dropout(self.linear_encoding(mean)))
+
+    def long_memory_tokens(self, means: Tensor) -> Tensor:
+        """The long-memory tokens of embedded means ``(..., J, d)``: ``LN(mean_j) + embedding_j``."""
+        return self.long_norm(means) + self.long_embed[0, 0]
 
     def _token(self, mem: Tensor, kvs: list, valid: Tensor | None, a: int, b: int,
                long: Tensor | None = None) -> Tensor:
@@ -552,7 +565,7 @@ class OadTRSW(OnlineModel):
         valid = mask.bool() if has_padding(mask) else None
         # The encoder runs on the receptive field of the scored positions only; the chunks before it (a
         # long memory's) are only averaged.
-        cut = max(0, start - (len(self.encoder) + 1) * (self.window - 1))
+        cut = max(0, start - self.receptive_field)
         v_enc = None if valid is None else valid[:, cut:]
         kvs: list = []
         mem = self.encode(self.embed_dropout(self.linear_encoding(x[:, cut:])), v_enc,

@@ -19,9 +19,10 @@ biases per newest slot (full ring, or the ``c < L`` slots written so far) replac
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oad.models.oadtr_sw import ring_bias_table
+from oad.models.oadtr_sw import age_weights, ring_bias_table
 from oad.online.base import ExportStep, OnlineStep
 from oad.online.quantized import quantize_linear
 
@@ -53,8 +54,11 @@ class OadTRSWStep(OnlineStep):
         self.ro_bias = _with_token_slot(enc, self.J).to(device=device, dtype=dtype)
         self.dec_bias = _with_token_slot(ring_bias_table(n.dec_slopes, self.K), 1 + self.J).to(device=device, dtype=dtype)
         if self.M:
-            self.long_slots = torch.arange(self.M, device=device)
-            self.long_decay = torch.tensor(n.long_decays, dtype=torch.float32, device=device)[:, None]  # (J, 1)
+            # the weights by age, reversed: rolled by newest slot + 1 they weigh the ring's slots
+            # (slot j holds the chunk (newest - j) mod M back); normalised once for a full ring
+            rev = age_weights(n.long_decays, self.M).flip(-1).to(device)  # (J, M)
+            self.long_rev = rev
+            self.long_rev_full = (rev / rev.sum(dim=-1, keepdim=True)).to(dtype)
         self.count = 0
 
     def start(self, n: int) -> None:
@@ -113,15 +117,14 @@ class OadTRSWStep(OnlineStep):
     def _long_tokens(self) -> Tensor:
         """The long-memory tokens ``(N, J, d)`` of the newest chunk: weighted means of the ring of the last
         ``M`` embeddings (the weights of :func:`oad.models.oadtr_sw.long_weights`, by each slot's age)."""
-        net, M, c = self.net, self.M, self.count
+        M, c = self.M, self.count
         p = (c - 1) % M  # the newest slot
-        age = (p - self.long_slots) % M  # (M,)
-        w = self.long_decay ** age.to(torch.float32)  # (J, M)
-        if c < M:
-            w = w * (self.long_slots <= p)
-        w = w / w.sum(dim=-1, keepdim=True)
-        summary = torch.matmul(w.to(self.long_buf.dtype), self.long_buf)  # (N, J, d)
-        return net.long_norm(summary) + net.long_embed[0]
+        if c >= M:
+            w = torch.roll(self.long_rev_full, p + 1, dims=-1)  # (J, M)
+        else:  # slots 0..p written so far
+            w = torch.roll(self.long_rev, p + 1, dims=-1)[:, : p + 1]
+            w = F.pad(w / w.sum(dim=-1, keepdim=True), (0, M - p - 1)).to(self.long_buf.dtype)
+        return self.net.long_memory_tokens(torch.matmul(w, self.long_buf))  # (N, J, d)
 
     def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
         net, N, Q, K, L = self.net, x.shape[0], self.Q, self.K, self.L
@@ -211,9 +214,8 @@ class OadTRSWExportStep(ExportStep):
         self.register_buffer("enc_alibi", _oldest_first(n.enc_slopes, self.L), persistent=False)  # (1, H, 1, L)
         self.register_buffer("dec_alibi", _oldest_first(n.dec_slopes, self.K), persistent=False)
         if self.M:
-            age = torch.arange(self.M - 1, -1, -1, dtype=torch.float32)
-            decay = torch.tensor(n.long_decays, dtype=torch.float32)[:, None]
-            self.register_buffer("long_w", decay ** age, persistent=False)  # (J, M)
+            # oldest first: slot j is M - 1 - j back
+            self.register_buffer("long_w", age_weights(n.long_decays, self.M).flip(-1), persistent=False)
 
     @staticmethod
     def _written(size: int, count: Tensor, device: torch.device) -> Tensor:
@@ -249,7 +251,7 @@ class OadTRSWExportStep(ExportStep):
         kr, vr, long = ro_k, ro_v, None
         if self.M:
             w = self.long_w[None] * self._written(self.M, count, features.device)[:, None]  # (N, J, M)
-            long = net.long_norm(torch.matmul(w / w.sum(-1, keepdim=True), long_buf)) + net.long_embed[0]  # (N, J, d)
+            long = net.long_memory_tokens(torch.matmul(w / w.sum(-1, keepdim=True), long_buf))  # (N, J, d)
             kl, vl = net.readout.attn.keys_values(long)
             kr, vr = torch.cat((kr, kl), dim=2), torch.cat((vr, vl), dim=2)
         att = net.readout.attn.attend(self.ro_q.expand(N, -1, -1, -1), kr, vr, self._bias(self.enc_alibi, count, self.J))
