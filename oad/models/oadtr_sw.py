@@ -160,8 +160,7 @@ def long_weights(q_pos: Tensor, k_pos: Tensor, decays: tuple[float, ...], memory
     ok = ((rel >= 0) & (rel < memory))[None]
     if key_valid is not None:
         ok = ok & (key_valid[:, None, :] | (rel == 0)[None])  # (B, P, S)
-    d = torch.tensor(decays, dtype=torch.float32, device=q_pos.device)
-    w = d[:, None, None] ** rel.clamp(min=0).to(torch.float32)  # (J, P, S)
+    w = age_weights(decays, memory).to(q_pos.device)[:, rel.clamp(0, memory - 1)]  # (J, P, S)
     w = w[None] * ok[:, None]
     return w / w.sum(dim=-1, keepdim=True)
 
