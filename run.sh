@@ -2,7 +2,7 @@
 # Set up the project's virtual environment at .venv (created if missing; the install step runs again
 # only when pyproject.toml changed) and run one of:
 #   bash run.sh demo [hydra overrides]   train OadTR on the built-in data, evaluate, print test/mAP
-#   bash run.sh test [pytest args]       the test suite (all of it, slow tests included)
+#   bash run.sh test [pytest args]       the test suite (all of it, slow tests included, one worker per core)
 #   bash run.sh <tool> [args]            any tools/<tool>.py, e.g. `bash run.sh eval predictions=p.pkl`
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -39,7 +39,9 @@ case "$cmd" in
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
         || echo "run.sh: could not install chromium; the browser tests will be skipped" >&2
     fi
-    exec .venv/bin/python -m pytest -q "$@" ;;
+    # one pytest-xdist worker per core, each test file on one worker (its module fixtures built once), the
+    # files with slow tests first (tests/conftest.py); `bash run.sh test -n 0` runs them in this process
+    exec .venv/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder "$@" ;;
   *)
     [ -f "tools/$cmd.py" ] || { echo "run.sh: unknown command '$cmd' (demo, test, or a tools/*.py name)" >&2; exit 2; }
     exec .venv/bin/python "tools/$cmd.py" "$@" ;;

@@ -4,6 +4,7 @@ outputs under tmp_path."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# At most 2 torch threads per test process; under pytest-xdist (``bash run.sh test`` runs one worker per
+# core) the cores are shared among the workers, so that they do not oversubscribe the machine.
+torch.set_num_threads(max(1, min(2, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The test files holding ``slow`` tests first, each file's tests in their order. ``bash run.sh test``
+    hands whole files to the pytest-xdist workers in this order (``--dist loadfile --no-loadscope-reorder``),
+    so the long files start at once and the short ones fill in at the end: the workers finish together."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a group is kept
 
 
 @pytest.fixture(scope="module")

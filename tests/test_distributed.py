@@ -22,7 +22,7 @@ import torch
 from oad.data.sources import SyntheticSource
 from oad.distributed import VideoBatches, VideoShardSampler, shard_by_length
 from oad.models.oadtr import OadTR
-from oad.tasks import train
+from oad.tasks import evaluate, train
 from tests.conftest import REPO, TINY, compose_cfg
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -74,10 +74,13 @@ def test_ddp_evaluation_equals_single_process(checkpoint, num_test, tmp_path):
     data = ["data=synthetic", f"data.source.num_videos={{train: 2, val: 1, test: {num_test}}}",
             "data.source.length_scale=0.1"]
     out = {}
-    for trainer in ("cpu", "ddp_cpu"):
+    for trainer in ("cpu", "ddp_cpu"):  # the single process here, the two DDP processes through the tool
         run = tmp_path / trainer
-        run_tool("eval", [f"ckpt_path={checkpoint}", f"trainer={trainer}", "trainer.enable_progress_bar=false",
-                          *data, f"hydra.run.dir={run}"], tmp_path)
+        args = [f"ckpt_path={checkpoint}", f"trainer={trainer}", "trainer.enable_progress_bar=false", *data]
+        if trainer == "cpu":
+            evaluate(compose_cfg("eval", args, run))
+        else:
+            run_tool("eval", [*args, f"hydra.run.dir={run}"], tmp_path)
         with open(run / "predictions.pkl", "rb") as f:
             out[trainer] = (json.loads((run / "metrics.json").read_text()), pickle.load(f))
     assert (tmp_path / "ddp_cpu" / "train_ddp_process_1.log").is_file()  # a second process did run

@@ -439,24 +439,20 @@ def shown_files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
-def test_tool_refuses_bad_features_before_touching_the_outputs(tmp_path):
+def test_tool_refuses_bad_features_before_touching_the_outputs(tmp_path, capsys, monkeypatch):
+    """Each bad features file gets exit code 2 and one error line naming it and its problem, and the
+    previous outputs stay as they were. The tool's process once (its exit code, no traceback); the other
+    cases through the same error reporting (``oad.cli.run_reported``) in this process."""
+    from oad.cli import run_reported
     from oad.io import read_output_set
+    from oad.tasks.streaming import stream
 
     save_small_checkpoint(tmp_path / "tiny.ckpt", IN_DIM, [16, 8])
     feats = np.random.default_rng(0).normal(size=(2 * WINDOW, IN_DIM)).astype(np.float32)
     np.save(tmp_path / "f.npy", feats)
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("OAD_DEBUG", None)
-
-    def tool(features: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPO / "tools" / "stream.py"), f"features={features}",
-                               f"ckpt_path={tmp_path / 'tiny.ckpt'}", f"output_dir={out}",
-                               f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=120)
-
-    r = tool(tmp_path / "f.npy")
-    assert r.returncode == 0, r.stderr[-3000:]
+    args = [f"ckpt_path={tmp_path / 'tiny.ckpt'}", "progress=false"]
+    stream(compose_cfg("stream", [f"features={tmp_path / 'f.npy'}", *args], out))
     before = shown_files(out)
     assert set(before) == {"scores.csv", "scores.json", "events.json", "timeline.png", "manifest.json"}
     run_id = read_output_set(out)["run_id"]
@@ -470,13 +466,24 @@ def test_tool_refuses_bad_features_before_touching_the_outputs(tmp_path):
         np.save(tmp_path / f"{name}.npy", array)
     (tmp_path / "text.npy").write_text("0.5, 0.25\n")
     cases["text"] = (None, "not a .npy file")
+
+    monkeypatch.delenv("OAD_DEBUG", raising=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "stream.py"), f"features={tmp_path / 'nan.npy'}", *args,
+                        f"output_dir={out}", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: features {tmp_path / 'nan.npy'}: "), r.stderr
+    assert "8 NaN" in r.stderr and "rows 3, 9" in r.stderr
+    assert shown_files(out) == before
     for name, (_, problem) in cases.items():
-        r = tool(tmp_path / f"{name}.npy")
-        last = r.stderr.strip().splitlines()[-1]
-        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        capsys.readouterr()
+        code = run_reported(lambda: stream(compose_cfg("stream", [f"features={tmp_path / f'{name}.npy'}", *args], out)))
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "Traceback" not in err, err[-3000:]
         assert last.startswith(f"error: features {tmp_path / f'{name}.npy'}: ") and problem in last, (name, last)
         assert shown_files(out) == before, name  # the previous outputs, byte for byte
-    assert "rows 3, 9" in tool(tmp_path / "nan.npy").stderr
     assert read_output_set(out)["run_id"] == run_id
 
 

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(oad.bench.pipeline)")
     p.add_argument("--video-size", default="640x360", help="--pipeline: the generated video's WxH (default 640x360)")
     p.add_argument("--tiny", action="store_true",
-                   help="--pipeline: tiny frames, backbone input and model: a smoke run of the code "
-                        "(figures mean nothing)")
+                   help="a smoke run of the code (figures mean nothing): the streaming benchmark on OadTR's tiny "
+                        "test size; --pipeline: tiny frames, backbone input and model")
     args = p.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     if args.list_models:
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         result = models.run(reps=args.reps or 20, dtypes=tuple(args.dtypes.split(",")), models=chosen, log=progress)
         print(models.format_table(result))
     else:
-        result = streaming.run_bench(quick=args.quick, streams=args.streams, video_seconds=args.video_seconds,
-                                     e2e=not args.no_e2e, log=progress)
+        result = streaming.run_bench(quick=args.quick or args.tiny, streams=args.streams,
+                                     video_seconds=args.video_seconds, e2e=not args.no_e2e, tiny=args.tiny, log=progress)
         print(streaming.format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
