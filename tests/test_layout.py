@@ -123,3 +123,16 @@ def test_the_library_does_not_import_the_benchmarks():
     bad = {m: sorted(d for d in deps if d.startswith("oad.bench"))
            for m, deps in graph.items() if not m.startswith("oad.bench")}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_streaming_starts_without_lightning():
+    """tools/stream.py (and the live tools on top of it) import no training stack: Lightning and its metrics
+    take seconds to import and streaming needs neither."""
+    import subprocess
+    import sys
+
+    code = ("import sys, oad.tasks.streaming, oad.cli; "
+            "print(sorted(m for m in ('lightning', 'torchmetrics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -6,13 +6,15 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from oad.data.datamodule import OadDataModule
 from oad.models.base import resolve
+
+if TYPE_CHECKING:  # Lightning is imported by the tasks that train or evaluate, not by streaming
+    from oad.data.datamodule import OadDataModule
 
 log = logging.getLogger(__name__)
 
