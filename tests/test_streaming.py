@@ -441,8 +441,8 @@ def shown_files(out: Path) -> dict[str, bytes]:
 
 def test_tool_refuses_bad_features_before_touching_the_outputs(tmp_path, capsys, monkeypatch):
     """Each bad features file gets exit code 2 and one error line naming it and its problem, and the
-    previous outputs stay as they were. The tool's process once (its exit code, no traceback); the other
-    cases through the same error reporting (``oad.cli.run_reported``) in this process."""
+    previous outputs stay as they were. The tool's process once (its exit code, no traceback), then every
+    case through the same error reporting (``oad.cli.run_reported``) in this process."""
     from oad.cli import run_reported
     from oad.io import read_output_set
     from oad.tasks.streaming import stream
