@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 _HOMES = {"build_datamodule": "common", "build_net_config": "common", "evaluate": "evaluation",
           "format_report": "report", "headline": "report", "train": "training"}
 
-__all__ = sorted(_HOMES)
+__all__ = ["build_datamodule", "build_net_config", "evaluate", "format_report", "headline", "train"]
 
 if TYPE_CHECKING:
     from oad.tasks.common import build_datamodule, build_net_config
