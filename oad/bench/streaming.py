@@ -416,8 +416,10 @@ def acceptance(r: dict[str, Any]) -> dict[str, Any]:
 def format_report(r: dict[str, Any]) -> str:
     """The printed report: machine, ceiling, latency table, agreement, streams, end to end, acceptance."""
     m, n = r["machine"], r["streams"]
+    kind = (" (--tiny: a smoke run, the figures mean nothing)" if r["tiny"]
+            else " (--quick: rough figures)" if r["quick"] else "")
     lines = [
-        f"oad streaming benchmark{' (--tiny: a smoke run, the figures mean nothing)' if r.get('tiny') else ' (--quick: rough figures)' if r['quick'] else ''}  {m['date']}",
+        f"oad streaming benchmark{kind}  {m['date']}",
         f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}, "
         f"{m['platform']}",
         f"versions: python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, oneDNN {m['mkldnn']} "
