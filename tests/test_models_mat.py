@@ -178,6 +178,19 @@ def test_every_parameter_gets_a_gradient(case):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+def test_stacked_layers_are_drawn_on_their_own():
+    """Unlike the reference's copied layers (docs/benchmarks.md section 27): no two layers of a stack start with
+    the same attention projections or biases."""
+    torch.manual_seed(0)
+    model = MAT(in_dim=48, d_model=16, ffn_dim=32, **SMALL)
+    stacks = [m.layers for m in model.modules() if isinstance(getattr(m, "layers", None), torch.nn.ModuleList)]
+    assert sum(len(layers) > 1 for layers in stacks) == 3  # the memory encoder, the decoder, the generator
+    for layers in stacks:
+        for other in list(layers)[1:]:
+            assert not torch.equal(other.self_attn.in_proj_weight, layers[0].self_attn.in_proj_weight)
+            assert not torch.equal(other.linear1.bias, layers[0].linear1.bias)
+
+
 def test_training_rows_are_causal(case):
     """Row ``r`` of a training window depends on work chunks ``<= r`` only."""
     model = MAT.from_reference(case["state_dict"], **SMALL).eval()

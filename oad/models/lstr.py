@@ -155,7 +155,13 @@ class DecoderLayer(nn.Module):
 
 class Decoder(nn.Module):
     """Reference ``TransformerDecoder``: a stack of ``layer`` (class attribute, :class:`DecoderLayer`) and a
-    final LayerNorm."""
+    final LayerNorm.
+
+    Every layer is drawn on its own. The references deep-copy one layer into each stack and then redraw only
+    ``nn.Linear`` weights, so their stacked layers start with the same attention projections and biases;
+    oad does not copy that (it trains MAT better, docs/benchmarks.md section 27), and their checkpoints load
+    either way.
+    """
 
     layer = DecoderLayer
 
