@@ -136,3 +136,15 @@ def test_streaming_starts_without_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_lazy_task_exports_resolve():
+    """``oad.tasks`` names its exports three times (the lazy map, ``__all__`` for linters, the type checkers'
+    imports): they must stay the same names, each found in its module."""
+    import oad.tasks as tasks
+
+    assert sorted(tasks.__all__) == sorted(tasks._HOMES)
+    for name in tasks.__all__:
+        assert callable(getattr(tasks, name)), name
+    with pytest.raises(AttributeError):
+        tasks.not_a_task  # noqa: B018

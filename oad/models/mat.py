@@ -46,10 +46,9 @@ reference forward (:meth:`MAT.forward`) and its batch inference's windows (``for
   the built-in data's validation split: mat_demo validation mAP 0.26 / 0.37 (seeds 20 / 21) against
   0.52 / 0.48 with these rows (docs/benchmarks.md section 12); a refinement then has one detection row per
   window to learn from, where the reference has ``W`` (those that see later chunks).
-- **Every layer of a stack is drawn on its own** (as :class:`oad.models.lstr.Decoder`); the reference's stacked
-  layers start as copies of one layer (same attention projections and biases). Both codes trained with the
-  same initialisation agree within the seed spread; oad's draws and its causal rows are why it trains a better
-  MAT than the reference code (docs/benchmarks.md sections 16 and 27).
+- **Every layer of a stack is drawn on its own**, not copied from one layer (:class:`oad.models.lstr.Decoder`
+  says how the reference does it). With the same initialisation both codes train MAT alike; oad's draws and
+  its causal rows are why it trains a better MAT than the reference code (docs/benchmarks.md sections 16, 27).
 - **Streaming equals the offline scoring** (:mod:`oad.online.mat`). The reference's stream mode is LSTR's,
   without the refinement, the groups or the top-k: it cannot reproduce its own batch results.
 - Top-k keeps at least one key (the reference keeps ``int(S * 3 // 4)``, none for a single key: NaN), and
