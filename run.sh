@@ -23,6 +23,14 @@ stamp=.venv/.oad-install-stamp
 want=$(cat pyproject.toml | .venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import oad' 2>/dev/null; then
   echo "run.sh: installing the project into .venv (first run: a few minutes)" >&2
+  # torch 2.14.1's Linux wheel is its CUDA build: about 6.5 GB in .venv. Say so up front rather than leave
+  # pip to stop half-way with "No space left on device".
+  if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+    free_gb=$(.venv/bin/python -c 'import shutil; print(shutil.disk_usage(".venv").free // 2**30)')
+    if [ "$free_gb" -lt 7 ]; then
+      echo "run.sh: warning: only ${free_gb} GB free for .venv; installing torch needs about 7 GB" >&2
+    fi
+  fi
   .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
