@@ -25,12 +25,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
   echo "run.sh: installing the project into .venv (first run: a few minutes)" >&2
   # torch 2.14.1's Linux wheel is its CUDA build: about 6.5 GB in .venv. Say so up front rather than leave
   # pip to stop half-way with "No space left on device".
-  if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
-    free_gb=$(.venv/bin/python -c 'import shutil; print(shutil.disk_usage(".venv").free // 2**30)')
-    if [ "$free_gb" -lt 7 ]; then
-      echo "run.sh: warning: only ${free_gb} GB free for .venv; installing torch needs about 7 GB" >&2
-    fi
-  fi
+  .venv/bin/python -c 'import importlib.util, shutil, sys
+free = shutil.disk_usage(".venv").free // 2**30
+if importlib.util.find_spec("torch") is None and free < 7:
+    print(f"run.sh: warning: only {free} GB free for .venv; installing torch needs about 7 GB", file=sys.stderr)'
   .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
